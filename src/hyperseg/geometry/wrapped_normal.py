@@ -1,0 +1,2 @@
+class WrappedNormal:  # placeholder, being written
+    pass
