@@ -1,0 +1,146 @@
+"""The one configuration of a hyperseg run, validated once and saved as YAML.
+
+Every knob of the model, the objective, training and segmentation lives in
+:class:`Config`. ``hyperseg train --config FILE`` reads a YAML file holding
+any subset of the fields; the resolved configuration is written to
+``RUN/config.yaml`` so that a run can always be reproduced and reloaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LATENTS = ("hyperbolic", "euclidean")
+DECODER_INPUTS = ("gyroplane", "linear")
+PATCH_SCALES = ("uniform", "log")
+PAD_MODES = ("replicate", "zeros", "reflect")
+
+
+@dataclass
+class Config:
+    """Hyperparameters of the model, objective, training and segmentation.
+
+    Defaults follow the paper (Hsu et al. 2021, see ``shared/paper.md``) where it
+    gives a value, and say so; the other values were chosen here.
+    """
+
+    # --- model -----------------------------------------------------------
+    latent: str = "hyperbolic"  # "hyperbolic" (Poincare ball) or "euclidean" (ablation)
+    decoder_input: str = "gyroplane"  # "gyroplane" conv on z, or "linear" on log_0(z) (ablation)
+    latent_dim: int = 2  # paper: d = 2 in all experiments
+    c: float = 1.0  # curvature magnitude: the ball has curvature -c (paper: c = 1)
+    patch_edge: int = 10  # model input edge m (paper: 10)
+    in_channels: int = 1
+    encoder_channels: list[int] = field(default_factory=lambda: [32, 32, 64, 64])
+    encoder_kernel: int = 3  # valid convolutions: the receptive field is exactly the patch
+    hidden: int = 128  # width of the layer before the mean / scale heads
+    decoder_channels: list[int] = field(default_factory=lambda: [64, 32, 32, 16])
+    gyro_channels: int = 128  # output channels of the decoder's first (gyroplane) layer
+    latent_float64: bool = True  # do the ball maths in float64 (float32 clips at |x| = 0.996)
+
+    # --- objective -------------------------------------------------------
+    n_samples: int = 4  # K posterior samples for the Monte-Carlo ELBO
+    kl_weight: float = 1.0
+    triplet: bool = True  # hierarchical triplet loss on encoder means
+    triplet_weight: float = 1e3  # paper: beta = 1e3
+    triplet_margin: float = 0.2  # paper: alpha = 0.2
+    prior_scale: float = 1.0  # paper's code: wrapped normal prior with sigma = 1
+
+    # --- sampling ---------------------------------------------------------
+    parent_range: list[int] = field(default_factory=lambda: [5, 34])  # paper's code: randint(5, 35)
+    child_range: list[int] = field(default_factory=lambda: [3, 14])  # paper's code: 3..14
+    patch_scale: str = "uniform"  # "uniform" (paper, synthetic) or "log" (paper, large volumes)
+    normalize: bool = True  # z-score each channel of each volume before use
+
+    # --- training ---------------------------------------------------------
+    batch_size: int = 32  # triplets per step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 8.0  # paper's code: --clip 8
+    steps: int = 2000
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    # --- segmentation -----------------------------------------------------
+    embed_patch_edge: int = 5  # paper: 5x5x5 patches around every voxel
+    embed_tile: int = 16  # output slices per tile of the dense pass (bounds memory)
+    pad_mode: str = "replicate"  # how the volume is extended past its border
+    levels: list[int] = field(default_factory=lambda: [2, 4, 6])  # clusters per level
+    kmeans_n_init: int = 4
+    kmeans_max_iter: int = 100
+    kmeans_sample: int = 50000  # k-means is fitted on at most this many voxels, then applied to all
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and what to do about it."""
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"invalid configuration: {msg}")
+
+        need(self.latent in LATENTS, f"latent must be one of {LATENTS}, got {self.latent!r}")
+        need(self.decoder_input in DECODER_INPUTS,
+             f"decoder_input must be one of {DECODER_INPUTS}, got {self.decoder_input!r}")
+        need(not (self.latent == "euclidean" and self.decoder_input == "gyroplane"),
+             "decoder_input 'gyroplane' needs latent 'hyperbolic'; use decoder_input: linear "
+             "for the Euclidean latent")
+        need(self.latent_dim >= 1, "latent_dim must be >= 1")
+        need(self.c > 0, "c (curvature magnitude) must be > 0")
+        need(self.in_channels >= 1, "in_channels must be >= 1")
+        need(len(self.encoder_channels) >= 1, "encoder_channels needs at least one layer")
+        rf = len(self.encoder_channels) * (self.encoder_kernel - 1)
+        need(self.encoder_kernel >= 1 and rf < self.patch_edge,
+             f"patch_edge {self.patch_edge} is too small for {len(self.encoder_channels)} valid "
+             f"convolutions of kernel {self.encoder_kernel}; use fewer layers or a larger patch_edge")
+        need(self.n_samples >= 1, "n_samples must be >= 1")
+        need(self.triplet_margin >= 0, "triplet_margin must be >= 0")
+        need(self.prior_scale > 0, "prior_scale must be > 0")
+        lo, hi = self.parent_range
+        need(2 <= lo <= hi, f"parent_range must be [lo, hi] with 2 <= lo <= hi, got {self.parent_range}")
+        clo, chi = self.child_range
+        need(1 <= clo <= chi < hi, f"child_range must be [lo, hi] with 1 <= lo <= hi < parent hi, "
+             f"got {self.child_range}")
+        need(self.patch_scale in PATCH_SCALES, f"patch_scale must be one of {PATCH_SCALES}")
+        need(self.batch_size >= 1 and self.lr > 0 and self.steps >= 0, "batch_size, lr, steps must be positive")
+        need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        need(self.embed_patch_edge >= 1, "embed_patch_edge must be >= 1")
+        need(self.embed_tile >= 1, "embed_tile must be >= 1")
+        need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {PAD_MODES}")
+        need(len(self.levels) >= 1 and all(k >= 1 for k in self.levels),
+             "levels must be a non-empty list of cluster counts >= 1")
+
+    # ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys {unknown}; known keys are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"configuration file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a configuration file must hold a YAML mapping of field: value")
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        from .utils import atomic_write_text
+
+        atomic_write_text(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,164 @@
+"""Dense voxel embeddings: the encoder mean of the patch centred on every voxel.
+
+The embedding of voxel ``v`` is the encoder mean of the ``p^3`` patch centred
+on ``v`` (``p = embed_patch_edge``, 5 in the paper), resized to the model's
+input edge ``m``. Instead of cutting and encoding one patch per voxel, the
+volume is resampled once by ``s = m / p`` and the encoder, whose
+convolutions are all valid, runs over it as one fully-convolutional pass;
+the output at window start ``j0(v)`` is voxel ``v``'s embedding. At native
+scale (``p = m``) this is exactly the per-patch result. At ``s != 1`` the
+two differ only in how the patch border is interpolated: a cut-out patch
+replicates its own edge, the resampled volume sees the true neighbour.
+
+Window geometry, per axis, for a volume padded by ``P`` voxels on each side
+and resampled with ``F.interpolate(scale_factor=s, align_corners=False)``
+(resampled index ``j`` samples padded native position ``(j + 0.5)/s - 0.5``):
+
+``j0(v) = floor(s (v + P) + s (1 - p) / 2)``
+
+so the window ``[j0, j0 + m)`` covers native ``[v - p/2, v + p/2]``; for even
+``p`` at native scale the window is ``[v - p/2, v + p/2 - 1]``.
+
+The pass is tiled in 3D blocks of ``embed_tile`` output voxels, so memory is
+bounded by the block, not the volume.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import HyperVAE
+
+#: Guards ``floor`` in ``j0`` against ``2.9999999`` from float rounding.
+FLOOR_EPS = 1e-6
+
+_TORCH_PAD = {"zeros": "constant", "replicate": "replicate", "reflect": "reflect"}
+
+
+def padding_for(patch_edge: int) -> int:
+    """Native voxels of padding on each side so that every window fits."""
+    return math.ceil(patch_edge / 2) + 1
+
+
+def window_starts(n: int, patch_edge: int, scale: float, pad: int) -> torch.Tensor:
+    """``j0(v)`` for ``v = 0..n-1`` (see the module docstring). ``-> (n,)`` long."""
+    v = torch.arange(n, dtype=torch.float64)
+    return torch.floor(scale * (v + pad) + scale * (1 - patch_edge) / 2 + FLOOR_EPS).long()
+
+
+def pad_volume(volume: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
+    """``(C, D, H, W)`` to ``(1, C, D+2P, H+2P, W+2P)``."""
+    x = volume[None]
+    if mode == "reflect" and min(volume.shape[1:]) <= pad:
+        mode = "replicate"  # reflection needs more voxels than the padding
+    return F.pad(x, (pad,) * 6, mode=_TORCH_PAD[mode])
+
+
+@torch.no_grad()
+def embed_volume(
+    model: HyperVAE,
+    volume: torch.Tensor,
+    patch_edge: int | None = None,
+    tile: int | None = None,
+    pad_mode: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Embedding of every voxel by one tiled fully-convolutional pass.
+
+    ``volume``: float ``(C, D, H, W)``, already normalised. Returns
+    ``(D, H, W, d)`` latent points (ball points for the hyperbolic model) in
+    the latent dtype (float64 by default), on the CPU.
+    """
+    cfg = model.cfg
+    p = patch_edge or cfg.embed_patch_edge
+    tile = tile or cfg.embed_tile
+    pad_mode = pad_mode or cfg.pad_mode
+    m = cfg.patch_edge
+    s = m / p
+    if volume.ndim != 4 or volume.shape[0] != cfg.in_channels:
+        raise ValueError(f"expected a volume of shape ({cfg.in_channels}, D, H, W), got {tuple(volume.shape)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = padding_for(p)
+    x = pad_volume(volume.to(device=device, dtype=torch.float32), pad, pad_mode)
+    if s != 1:
+        x = F.interpolate(x, scale_factor=s, mode="trilinear", align_corners=False,
+                          recompute_scale_factor=False)
+    shape = volume.shape[1:]
+    starts = [window_starts(n, p, s, pad) for n in shape]
+    out: torch.Tensor | None = None
+    blocks = list(itertools.product(*[range(0, n, tile) for n in shape]))
+    for corner in tqdm(blocks, desc="embed", unit="tile", disable=not progress, leave=False):
+        sel = [st[c:c + tile] for st, c in zip(starts, corner)]
+        lo = [int(s_[0]) for s_ in sel]
+        hi = [int(s_[-1]) + m for s_ in sel]
+        block = x[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        loc = model.encoder.dense_loc(block)[0]  # (a, b, c, d) at every start in the block
+        loc = loc[sel[0] - lo[0]][:, sel[1] - lo[1]][:, :, sel[2] - lo[2]]
+        if out is None:
+            out = torch.empty(*shape, loc.shape[-1], dtype=loc.dtype)
+        a, b, c = corner
+        out[a:a + loc.shape[0], b:b + loc.shape[1], c:c + loc.shape[2]] = loc.cpu()
+    model.train(was_training)
+    assert out is not None
+    return out
+
+
+@torch.no_grad()
+def embed_patches(
+    model: HyperVAE,
+    volume: torch.Tensor,
+    patch_edge: int | None = None,
+    pad_mode: str | None = None,
+    batch_size: int = 4096,
+    voxels: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Reference: cut the ``p^3`` patch of each voxel, resize it to ``m^3``, encode it.
+
+    This is what the released code does (one patch per voxel), batched. It
+    exists to check and benchmark :func:`embed_volume`. ``voxels``: optional
+    ``(N, 3)`` indices to embed (default: all, in C order). Returns
+    ``(N, d)``, or ``(D, H, W, d)`` when ``voxels`` is ``None``.
+    """
+    cfg = model.cfg
+    p = patch_edge or cfg.embed_patch_edge
+    pad_mode = pad_mode or cfg.pad_mode
+    m = cfg.patch_edge
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad = padding_for(p)
+    x = pad_volume(volume.to(device=device, dtype=torch.float32), pad, pad_mode)[0]  # (C, D', H', W')
+    shape = volume.shape[1:]
+    if voxels is None:
+        grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
+        idx = torch.stack([g.reshape(-1) for g in grids], 1)
+    else:
+        idx = voxels.long()
+    first = idx + pad - p // 2  # patch start in the padded volume, (N, 3)
+    windows = x.unfold(1, p, 1).unfold(2, p, 1).unfold(3, p, 1)  # (C, ., ., ., p, p, p) view
+    outs = []
+    for i in tqdm(range(0, len(first), batch_size), desc="embed patches", disable=not progress, leave=False):
+        f = first[i:i + batch_size]
+        patches = windows[:, f[:, 0], f[:, 1], f[:, 2]].transpose(0, 1).contiguous()  # (n, C, p, p, p)
+        if p != m:
+            patches = F.interpolate(patches, size=(m, m, m), mode="trilinear", align_corners=False)
+        loc, _ = model.encoder(patches)
+        outs.append(loc.cpu())
+    model.train(was_training)
+    res = torch.cat(outs)
+    return res.view(*shape, -1) if voxels is None else res
+
+
+def as_numpy(embedding: torch.Tensor) -> np.ndarray:
+    return embedding.detach().cpu().numpy()

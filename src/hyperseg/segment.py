@@ -1,0 +1,74 @@
+"""From voxel embeddings to label maps, one per requested number of clusters.
+
+Each volume is clustered on its own (the paper's protocol): hyperbolic
+k-means on the ball embeddings (Euclidean k-means for the Euclidean latent),
+fitted on at most ``kmeans_sample`` voxels drawn at random and then applied
+to every voxel. Labels are renumbered so that cluster 0 has the centroid
+nearest the origin and so on outward, which makes label maps of different
+volumes and levels easier to compare by eye; the numbers carry no meaning
+beyond that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .cluster import EuclideanKMeans, HyperbolicKMeans
+from .config import Config
+from .data.preprocess import zscore
+from .embed import embed_volume
+from .model import HyperVAE
+
+
+@dataclass
+class Segmentation:
+    """Label maps ``{K: (D, H, W) uint8}`` and the embedding ``(D, H, W, d)`` they came from."""
+
+    labels: dict[int, np.ndarray]
+    embedding: np.ndarray
+
+
+def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int = 0) -> np.ndarray:
+    """Cluster latent points ``(N, d)`` into ``n_clusters``; returns labels ``(N,)`` int64.
+
+    Fitted on a random subset of at most ``cfg.kmeans_sample`` points, then
+    every point is assigned to its nearest centroid.
+    """
+    if n_clusters > len(points):
+        raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
+    rng = np.random.default_rng(seed)
+    fit_on = points
+    if cfg.kmeans_sample and len(points) > cfg.kmeans_sample:
+        fit_on = points[rng.choice(len(points), cfg.kmeans_sample, replace=False)]
+    kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, max_iter=cfg.kmeans_max_iter, seed=seed)
+    if cfg.latent == "hyperbolic":
+        km = HyperbolicKMeans(c=cfg.c, **kwargs)
+    else:
+        km = EuclideanKMeans(**kwargs)
+    km.fit(fit_on)
+    labels = km.predict(points)
+    centres = np.asarray(km.cluster_centers_)
+    order = np.argsort(np.linalg.norm(centres, axis=1), kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[labels]
+
+
+def segment_array(
+    model: HyperVAE,
+    array: np.ndarray,
+    levels: list[int] | tuple[int, ...],
+    seed: int = 0,
+    progress: bool = False,
+) -> Segmentation:
+    """Segment one volume ``(C, D, H, W)`` (raw intensities) at each number of clusters."""
+    cfg = model.cfg
+    x = zscore(array) if cfg.normalize else np.asarray(array, dtype=np.float32)
+    emb = embed_volume(model, torch.from_numpy(x), progress=progress)
+    flat = emb.reshape(-1, emb.shape[-1]).numpy()
+    labels = {}
+    for k in levels:
+        labels[int(k)] = cluster_points(flat, int(k), cfg, seed=seed).reshape(emb.shape[:-1]).astype(np.uint8)
+    return Segmentation(labels=labels, embedding=emb.numpy())

@@ -1,0 +1,64 @@
+"""Dense voxel embeddings are the per-patch embeddings, computed once."""
+import pytest
+import torch
+
+from hyperseg.config import Config
+from hyperseg.embed import embed_patches, embed_volume, window_starts
+from hyperseg.model import HyperVAE
+
+TINY = dict(encoder_channels=[4, 4], decoder_channels=[4, 4], hidden=8, gyro_channels=8, patch_edge=6)
+
+
+@pytest.mark.parametrize("latent,decoder", [("hyperbolic", "gyroplane"), ("euclidean", "linear")])
+@pytest.mark.parametrize("tile", [4, 32])
+def test_dense_equals_per_patch_at_native_scale(latent, decoder, tile):
+    torch.manual_seed(0)
+    cfg = Config(latent=latent, decoder_input=decoder, embed_patch_edge=6, embed_tile=tile, **TINY)
+    model = HyperVAE(cfg)
+    vol = torch.randn(1, 9, 7, 8) * 3
+    dense = embed_volume(model, vol)
+    ref = embed_patches(model, vol)
+    assert dense.shape == (9, 7, 8, 2)
+    assert torch.allclose(dense, ref.to(dense.dtype), atol=1e-5)
+
+
+def test_dense_equals_per_patch_odd_patch_and_zero_padding():
+    torch.manual_seed(1)
+    cfg = Config(embed_patch_edge=7, pad_mode="zeros", embed_tile=5, **{**TINY, "patch_edge": 7})
+    model = HyperVAE(cfg)
+    vol = torch.randn(1, 8, 8, 8)
+    assert torch.allclose(embed_volume(model, vol), embed_patches(model, vol).double(), atol=1e-5)
+
+
+def test_patch_is_centred_on_its_voxel():
+    # A single bright voxel changes exactly the embeddings whose patch contains it.
+    torch.manual_seed(2)
+    cfg = Config(embed_patch_edge=6, pad_mode="zeros", **TINY)
+    model = HyperVAE(cfg)
+    base = torch.zeros(1, 12, 12, 12)
+    hit = base.clone()
+    hit[0, 6, 6, 6] = 50.0
+    changed = (embed_volume(model, hit) - embed_volume(model, base)).abs().sum(-1) > 1e-9
+    idx = torch.nonzero(changed)
+    # even edge 6: the window of v is [v-3, v+2], so v in [4, 9] sees voxel 6
+    assert idx.min().item() == 4 and idx.max().item() == 9
+    assert changed.sum().item() == 6**3
+
+
+def test_window_starts_resampled_grid():
+    # p = 5 resized to m = 10: s = 2, window of v starts at 2 (v + P) - 4
+    st = window_starts(4, 5, 2.0, pad=4)
+    assert st.tolist() == [4, 6, 8, 10]
+
+
+def test_resampled_dense_close_to_per_patch_inside():
+    # Away from the patch border handling the two agree closely on a smooth volume.
+    torch.manual_seed(3)
+    cfg = Config(embed_patch_edge=5, patch_edge=10, encoder_channels=[4, 4], decoder_channels=[4, 4], hidden=8,
+                 gyro_channels=8)
+    model = HyperVAE(cfg)
+    g = torch.linspace(-1, 1, 10)
+    vol = (g[:, None, None] + 0.5 * g[None, :, None] - g[None, None, :])[None]
+    dense = embed_volume(model, vol)
+    ref = embed_patches(model, vol).double()
+    assert (dense - ref).abs().max() < 0.05 * ref.abs().max() + 1e-6

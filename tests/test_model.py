@@ -1,0 +1,80 @@
+"""The VAE objective: shapes, ablations, and the triplet loss against its formula."""
+import math
+
+import pytest
+import torch
+
+from hyperseg.config import Config
+from hyperseg.model import HyperVAE
+
+SMALL = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8, n_samples=3)
+ABLATIONS = [
+    dict(latent="euclidean", decoder_input="linear", triplet=False),
+    dict(latent="euclidean", decoder_input="linear", triplet=True),
+    dict(latent="hyperbolic", decoder_input="linear", triplet=False),
+    dict(latent="hyperbolic", decoder_input="gyroplane", triplet=False),
+    dict(latent="hyperbolic", decoder_input="linear", triplet=True),
+    dict(latent="hyperbolic", decoder_input="gyroplane", triplet=True),
+]
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_ablation_gives_a_finite_loss_and_gradients(ablation):
+    torch.manual_seed(0)
+    model = HyperVAE(Config(**SMALL, **ablation))
+    x = [torch.randn(3, 1, 10, 10, 10) for _ in range(3)]
+    loss, stats = model.loss(*x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert ("triplet" in stats) == ablation["triplet"]
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    if ablation["decoder_input"] == "gyroplane":
+        assert model.decoder.gyroplane is not None and model.decoder.gyroplane.p_tangent.grad.abs().sum() > 0
+
+
+def test_hyperbolic_means_lie_in_the_ball_and_reconstructions_have_patch_shape():
+    model = HyperVAE(Config(**SMALL))
+    loc, scale = model.encode(torch.randn(5, 1, 10, 10, 10) * 100)
+    assert loc.dtype == torch.float64 and (loc.norm(dim=-1) < 1).all()
+    assert (scale > 0).all()
+    assert model.decode(loc).shape == (5, 1, 10, 10, 10)
+
+
+def test_triplet_loss_matches_the_paper_formula():
+    model = HyperVAE(Config(**SMALL))
+    p = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
+    pos = torch.tensor([[0.15, 0.1]], dtype=torch.float64)
+    neg = torch.tensor([[-0.5, 0.3]], dtype=torch.float64)
+
+    def d(x, y):  # paper Eq. (1)
+        sq = ((x - y) ** 2).sum()
+        return math.acosh(1 + 2 * sq / ((1 - (x**2).sum()) * (1 - (y**2).sum())))
+
+    expected = max(0.0, d(p, pos) - d(p, neg) + 0.2)
+    assert model.triplet_loss(p, pos, neg).item() == pytest.approx(expected, rel=1e-9)
+    # a negative nearer than the positive is penalised by more than the margin
+    assert model.triplet_loss(p, neg, pos).item() > 0.2
+
+
+def test_kl_estimate_is_zero_when_posterior_equals_prior():
+    model = HyperVAE(Config(**SMALL, n_samples=64))
+    x = torch.zeros(2, 1, 10, 10, 10)
+    loc = torch.zeros(2, 2, dtype=torch.float64)
+    scale = torch.ones(2, 2, dtype=torch.float64)
+    _, _, kl = model.negative_elbo(x, loc, scale)
+    assert torch.allclose(kl, torch.zeros(2, dtype=kl.dtype), atol=1e-9)
+
+
+def test_training_steps_reduce_the_loss():
+    torch.manual_seed(0)
+    model = HyperVAE(Config(**SMALL))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = [torch.randn(4, 1, 10, 10, 10) for _ in range(3)]
+    first = model.loss(*x)[0].item()
+    for _ in range(30):
+        opt.zero_grad()
+        loss = model.loss(*x)[0]
+        loss.backward()
+        opt.step()
+    assert model.loss(*x)[0].item() < first
