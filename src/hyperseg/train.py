@@ -30,6 +30,8 @@ from .utils import atomic_write, atomic_write_text
 CHECKPOINT = "model.pt"
 #: Non-finite losses in a row after which training stops.
 MAX_BAD_STEPS = 20
+#: Steps between writes of the loss log.
+LOG_FLUSH_EVERY = 50
 
 
 def versions() -> dict[str, str]:
@@ -137,6 +139,8 @@ def train(
             if step % 10 == 0 or step == 1:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()})
                 log_lines.append(json.dumps({"step": step, "seconds": round(time.time() - started, 2), **stats}))
+            if step % LOG_FLUSH_EVERY == 0:
+                _flush_log(log_path, log_lines)
             if step % cfg.checkpoint_every == 0:
                 save_checkpoint(run_dir, model, optimizer, step, gen)
                 _flush_log(log_path, log_lines)

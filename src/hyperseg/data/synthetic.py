@@ -66,20 +66,26 @@ separate the classes but texture, size and shape do:
 =================  ===============================  ====================================
 class              texture type                     per-instance parameters
 =================  ===============================  ====================================
-cell / cytoplasm   smooth blobs: Gaussian-filtered  sigma ~ U(1.5, 3) voxels
+cell / cytoplasm   granules: Gaussian-filtered      sigma ~ U(0.6, 1.0) voxels
                    white noise
 vesicle            concentric rings                 cos(2 pi f |x - c| + phi),
                                                     f ~ U(0.15, 0.25) cycles/voxel
 mitochondrion      oriented planar stripes          cos(2 pi f u.x + phi), u uniform on
                    (cristae-like)                   the sphere, f ~ U(0.2, 0.3)
-small sphere       fine speckle: Gaussian-filtered  sigma ~ U(0.5, 0.8)
-                   white noise
+small sphere       dense core: radial profile       exp(-|x - c|^2 / (2 w^2)),
+                                                    w ~ U(0.8, 1.5) voxels
 small cuboid       3-D lattice                      prod_i cos(2 pi f x_i + phi_i),
                                                     f ~ U(0.3, 0.4)
 =================  ===============================  ====================================
 
 (Texture frequencies are in voxel units and are *not* scaled with ``s``.) Each
 object overwrites its parent's intensity inside its own voxels. Background is 0.
+
+Every texture varies on a scale of a few voxels, so that a 5^3 patch (the
+paper's inference patch) can see it. A first version gave the cytoplasm smooth
+blobs of sigma 1.5-3 voxels: inside a 5^3 patch they look like a change of
+colour, and every method, ours included, then split the cell into bright and
+dark regions instead of separating it from the background.
 
 Noise: pink noise of magnitude 0.25 is added to the whole volume:
 :func:`pink_noise` draws white Gaussian noise, multiplies its spectrum by
@@ -292,9 +298,12 @@ def _support(obj: _Object, vol_shape: np.ndarray) -> tuple[tuple[slice, ...], li
 
 def _texture(rng: np.random.Generator, kind: str, rel: list[np.ndarray], box_shape: tuple[int, ...]) -> np.ndarray:
     """Un-normalised texture of one instance on its bounding box (see module docstring)."""
-    if kind in ("cell", "small_sphere"):  # blobs / speckle: filtered white noise
-        sigma = rng.uniform(1.5, 3.0) if kind == "cell" else rng.uniform(0.5, 0.8)
+    if kind == "cell":  # granules: filtered white noise
+        sigma = rng.uniform(0.6, 1.0)
         return ndimage.gaussian_filter(rng.standard_normal(box_shape), sigma, mode="reflect")
+    if kind == "small_sphere":  # dense core
+        w = rng.uniform(0.8, 1.5)
+        return np.exp(-(rel[0] ** 2 + rel[1] ** 2 + rel[2] ** 2) / (2 * w * w))
     phase = rng.uniform(0.0, 2 * np.pi)
     if kind == "vesicle":  # concentric rings
         f = rng.uniform(0.15, 0.25)
