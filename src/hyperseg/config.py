@@ -49,6 +49,9 @@ class Config:
     triplet_weight: float = 1e3  # paper: beta = 1e3
     triplet_margin: float = 0.2  # paper: alpha = 0.2
     prior_scale: float = 1.0  # paper's code: wrapped normal prior with sigma = 1
+    # "mean": L = mean_b(-ELBO) + beta mean_b(triplet), the paper's Eq. (9) per example;
+    # "sum": the released code's sum of the ELBO over the batch (shrinks beta by the batch size)
+    elbo_reduction: str = "mean"
 
     # --- sampling ---------------------------------------------------------
     parent_range: list[int] = field(default_factory=lambda: [5, 34])  # paper's code: randint(5, 35)
@@ -101,6 +104,7 @@ class Config:
         need(self.n_samples >= 1, "n_samples must be >= 1")
         need(self.triplet_margin >= 0, "triplet_margin must be >= 0")
         need(self.prior_scale > 0, "prior_scale must be > 0")
+        need(self.elbo_reduction in ("mean", "sum"), "elbo_reduction must be 'mean' or 'sum'")
         lo, hi = self.parent_range
         need(2 <= lo <= hi, f"parent_range must be [lo, hi] with 2 <= lo <= hi, got {self.parent_range}")
         clo, chi = self.child_range

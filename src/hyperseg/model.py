@@ -3,7 +3,7 @@
 Objective (minimised), for a batch of ``B`` triplets (parent, positive child,
 negative child), following the paper's Eq. (8)-(9) and its released code:
 
-``L = sum_b mean_roles [ -ELBO(x) ] + beta * mean_b triplet(b)``
+``L = mean_b mean_roles [ -ELBO(x) ] + beta * mean_b triplet(b)``
 
 * ``-ELBO(x) = - mean_k [ log p(x | z_k) - kl_weight (log q(z_k | x) - log p(z_k)) ]``
   with ``z_k ~ q(z | x)``, ``k = 1..K``: the Riemannian ELBO of Mathieu et al.
@@ -14,10 +14,12 @@ negative child), following the paper's Eq. (8)-(9) and its released code:
   encoder means with the Poincare distance (Euclidean for the Euclidean
   latent): the paper's equation, not the released code's squared distance.
 
-The ELBO is summed over the batch and the triplet term averaged, as in the
-paper's code, so that ``beta = 1e3`` keeps the paper's meaning. All three
-patches of a triplet get the ELBO (averaged over the three roles): the small
-children are the scale that segmentation embeds.
+By default both terms are averaged over the batch (``elbo_reduction:
+mean``), which is the paper's Eq. (9) per example. The released code sums
+the ELBO over the batch and averages the triplet term, which divides the
+triplet weight by the batch size (``elbo_reduction: sum`` reproduces it).
+All three patches of a triplet get the ELBO (averaged over the three roles):
+the small children are the scale that segmentation embeds.
 """
 from __future__ import annotations
 
@@ -107,12 +109,12 @@ class HyperVAE(nn.Module):
         x = torch.cat([parent, positive, negative], 0)
         loc, scale = self.encode(x)
         neg_elbo, nll, kl = self.negative_elbo(x, loc, scale)
-        total = neg_elbo.sum() / 3.0
+        total = neg_elbo.mean() if self.cfg.elbo_reduction == "mean" else neg_elbo.sum() / 3.0
         stats = {"nll": nll.mean().item(), "kl": kl.mean().item()}
         if self.cfg.triplet:
             mu_p, mu_pos, mu_neg = loc.split(B)
             trip = self.triplet_loss(mu_p, mu_pos, mu_neg).mean()
             total = total + self.cfg.triplet_weight * trip
             stats["triplet"] = trip.item()
-        stats["loss"] = total.item() / B
+        stats["loss"] = total.item() / (B if self.cfg.elbo_reduction == "sum" else 1)
         return total, stats
