@@ -108,8 +108,9 @@ class Config:
         lo, hi = self.parent_range
         need(2 <= lo <= hi, f"parent_range must be [lo, hi] with 2 <= lo <= hi, got {self.parent_range}")
         clo, chi = self.child_range
-        need(1 <= clo <= chi < hi, f"child_range must be [lo, hi] with 1 <= lo <= hi < parent hi, "
-             f"got {self.child_range}")
+        need(1 <= clo <= chi < hi and clo <= lo,
+             f"child_range must be [lo, hi] with 1 <= lo <= hi, lo <= parent lo and hi < parent hi, "
+             f"got {self.child_range} for parent_range {self.parent_range}")
         need(self.patch_scale in PATCH_SCALES, f"patch_scale must be one of {PATCH_SCALES}")
         need(self.batch_size >= 1 and self.lr > 0 and self.steps >= 0, "batch_size, lr, steps must be positive")
         need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")

@@ -38,17 +38,10 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
     """
     if n_clusters > len(points):
         raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
-    rng = np.random.default_rng(seed)
-    fit_on = points
-    if cfg.kmeans_sample and len(points) > cfg.kmeans_sample:
-        fit_on = points[rng.choice(len(points), cfg.kmeans_sample, replace=False)]
-    kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, max_iter=cfg.kmeans_max_iter, seed=seed)
-    if cfg.latent == "hyperbolic":
-        km = HyperbolicKMeans(c=cfg.c, **kwargs)
-    else:
-        km = EuclideanKMeans(**kwargs)
-    km.fit(fit_on)
-    labels = km.predict(points)
+    kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, max_iter=cfg.kmeans_max_iter, seed=seed,
+                  sample_size=cfg.kmeans_sample or None)
+    km = HyperbolicKMeans(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMeans(**kwargs)
+    labels = km.fit(points).labels_
     centres = np.asarray(km.cluster_centers_)
     order = np.argsort(np.linalg.norm(centres, axis=1), kind="stable")
     rank = np.empty_like(order)

@@ -1,0 +1,57 @@
+"""From a volume to label maps: shapes, dtypes, and an easy case done right."""
+import numpy as np
+import torch
+
+from hyperseg.config import Config
+from hyperseg.metrics import dice_iou
+from hyperseg.model import HyperVAE
+from hyperseg.segment import cluster_points, segment_array
+from hyperseg.train import train
+
+TINY = dict(encoder_channels=[4, 4], decoder_channels=[4, 4], hidden=8, gyro_channels=8, patch_edge=6,
+            embed_patch_edge=6, kmeans_n_init=2)
+
+
+def two_regions(shape=(16, 16, 16)) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.zeros(shape, dtype=np.int64)
+    truth[:, :, shape[2] // 2:] = 1
+    rng = np.random.default_rng(0)
+    image = np.where(truth == 1, 3.0, -3.0) + 0.05 * rng.standard_normal(shape)
+    return image[None].astype(np.float32), truth
+
+
+def test_two_flat_regions_are_separated_after_a_short_training(tmp_path):
+    torch.manual_seed(0)
+    image, truth = two_regions((20, 20, 20))
+    cfg = Config(**TINY, parent_range=[4, 10], child_range=[3, 6], batch_size=8, n_samples=1, lr=3e-3)
+    model = train(cfg, [image], tmp_path / "run", steps=60, progress=False)
+    seg = segment_array(model, image, levels=[2])
+    lab = seg.labels[2]
+    assert lab.shape == truth.shape and lab.dtype == np.uint8
+    # away from the interface (patches that straddle it may go either way) it is exact
+    inner = np.ones_like(truth, bool)
+    inner[:, :, 7:13] = False
+    assert dice_iou(lab[inner], truth[inner])["mean_dice"] == 1.0
+    assert dice_iou(lab, truth)["mean_dice"] > 0.9
+    assert seg.embedding.shape == (20, 20, 20, 2)
+    assert (np.linalg.norm(seg.embedding, axis=-1) < 1).all()
+
+
+def test_each_level_has_at_most_k_labels_and_is_reproducible():
+    torch.manual_seed(1)
+    model = HyperVAE(Config(**TINY))
+    image = np.random.default_rng(1).standard_normal((1, 12, 10, 8)).astype(np.float32)
+    a = segment_array(model, image, levels=[2, 3, 5], seed=3)
+    b = segment_array(model, image, levels=[2, 3, 5], seed=3)
+    for k in (2, 3, 5):
+        assert a.labels[k].max() < k
+        assert np.array_equal(a.labels[k], b.labels[k])
+
+
+def test_labels_are_ordered_by_centroid_distance_from_the_origin():
+    cfg = Config(**TINY)
+    rng = np.random.default_rng(0)
+    far = np.array([0.8, 0.0]) + 0.01 * rng.standard_normal((50, 2))
+    near = 0.01 * rng.standard_normal((50, 2))
+    labels = cluster_points(np.concatenate([far, near]), 2, cfg)
+    assert (labels[50:] == 0).all() and (labels[:50] == 1).all()
