@@ -15,6 +15,9 @@ from tqdm.auto import tqdm
 
 from . import __version__
 
+#: Step budget when only ``--minutes`` is given.
+UNLIMITED_STEPS = 10**9
+
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError)
 
 
@@ -49,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, type=Path, help="volume file or folder (.nii, .nii.gz, .npy)")
     p.add_argument("-o", "--output", required=True, type=Path, help="run folder to create")
     p.add_argument("--config", type=Path, help="YAML file with configuration fields to override")
-    p.add_argument("--steps", type=int, help="optimiser steps (default: the configuration's)")
-    p.add_argument("--minutes", type=float, help="stop cleanly after this much wall time")
+    p.add_argument("--steps", type=int, help="optimiser steps (default: the configuration's, "
+                   "or no step limit when --minutes is given)")
+    p.add_argument("--minutes", type=float, help="stop cleanly and save after this much wall time")
     p.add_argument("--seed", type=int, help="random seed (default: the configuration's)")
     _add_common(p)
 
@@ -111,7 +115,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if len(channels) != 1:
         raise UserError(f"{args.input}: volumes have different numbers of channels {sorted(channels)}")
     cfg = cfg.replace(in_channels=channels.pop())
-    train(cfg, arrays, args.output, steps=args.steps, minutes=args.minutes, progress=not args.quiet,
+    steps = args.steps
+    if steps is None and args.minutes:
+        steps = UNLIMITED_STEPS  # --minutes alone: the time limit decides
+    train(cfg, arrays, args.output, steps=steps, minutes=args.minutes, progress=not args.quiet,
           device=resolve_device(args.device))
     print(f"saved the model to {args.output}")
     return 0
@@ -174,7 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write_benchmark(data, seed=args.seed, n_train=args.n_train, n_val=0, n_test=args.n_test, progress=not quiet)
     levels = find_levels_json(data)
     ks = [levels[lvl] for lvl in sorted(levels)]
-    cfg = Config(seed=args.seed, levels=ks, steps=100000)
+    cfg = Config(seed=args.seed, levels=ks, steps=UNLIMITED_STEPS)
     arrays = [read_volume(f).array for f in find_volumes(data / "train")]
     print(f"[2/4] training for {args.minutes:g} minutes on the CPU")
     model = train(cfg, arrays, out / "run", minutes=args.minutes, progress=not quiet,
