@@ -15,9 +15,6 @@ from tqdm.auto import tqdm
 
 from . import __version__
 
-#: Step budget when only ``--minutes`` is given.
-UNLIMITED_STEPS = 10**9
-
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError)
 
 
@@ -104,7 +101,7 @@ def _load_arrays(path: Path, quiet: bool) -> list:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import Config
-    from .train import train
+    from .train import UNLIMITED_STEPS, train
     from .utils import resolve_device
 
     cfg = Config.load(args.config) if args.config else Config()
@@ -170,7 +167,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, find_levels_json, format_table
     from .report import save_slices_png
     from .segment import segment_array
-    from .train import train
+    from .train import UNLIMITED_STEPS, train
     from .utils import resolve_device
 
     out: Path = args.output

@@ -30,6 +30,8 @@ from .utils import atomic_write, atomic_write_text
 CHECKPOINT = "model.pt"
 #: Non-finite losses in a row after which training stops.
 MAX_BAD_STEPS = 20
+#: Step budget meaning "no step limit" (``--minutes`` alone decides).
+UNLIMITED_STEPS = 10**9
 #: Steps between writes of the loss log.
 LOG_FLUSH_EVERY = 50
 
@@ -116,7 +118,8 @@ def train(
     log_lines: list[str] = []
     bad = 0
     step = 0
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress)
+    bar = tqdm(total=None if steps >= UNLIMITED_STEPS else steps, desc="train", unit="step",
+               disable=not progress)
     try:
         while step < steps and time.time() < deadline:
             parent, pos, neg = (t.to(device) for t in sampler.sample(cfg.batch_size, gen))
