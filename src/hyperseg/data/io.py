@@ -79,10 +79,8 @@ def read_volume(path: str | Path) -> Volume:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         if path.name.endswith(".npy"):
-            data = np.load(path, allow_pickle=False)
+            data = np.load(path, allow_pickle=False)  # 4D arrays are channels-first already
             affine, header = np.eye(4), None
-            if data.ndim == 4:
-                pass  # channels first already
         elif path.name.endswith((".nii", ".nii.gz")):
             img = nib.load(str(path))
             data = np.asanyarray(img.dataobj)
