@@ -168,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .report import save_slices_png
     from .segment import segment_array
     from .train import UNLIMITED_STEPS, train
-    from .utils import resolve_device
+    from .utils import atomic_write_text, resolve_device
 
     out: Path = args.output
     quiet = args.quiet
@@ -195,7 +195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             first = (vol, seg)
     print("[4/4] scoring against the ground truth")
     summary = evaluate_folder(seg_dir, data / "test" / "labels")
-    (out / "scores.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "scores.json", json.dumps(summary, indent=2))
     print(format_table(summary))
     if first is not None:
         vol, seg = first

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -158,7 +157,3 @@ def embed_patches(
     model.train(was_training)
     res = torch.cat(outs)
     return res.view(*shape, -1) if voxels is None else res
-
-
-def as_numpy(embedding: torch.Tensor) -> np.ndarray:
-    return embedding.detach().cpu().numpy()

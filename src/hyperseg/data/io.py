@@ -126,8 +126,6 @@ def write_label_map(path: str | Path, labels: np.ndarray, like: Volume) -> Path:
         img = nib.Nifti1Image(labels, like.affine, header=header)
         img.set_data_dtype(np.uint8)
         img.header.set_slope_inter(1, 0)
-        if header is not None and like.array.shape[0] > 1:
-            img.header.set_data_shape(labels.shape)
         nib.save(img, str(tmp))
 
     atomic_write(path, write)
