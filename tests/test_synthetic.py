@@ -95,8 +95,61 @@ def test_other_shape_and_bad_variant():
     image, lab = generate_volume(np.random.default_rng(1), (32, 32, 32))
     assert image.shape == (32, 32, 32)
     assert set(np.unique(lab[3]).tolist()) == set(range(6))
-    with pytest.raises(ValueError, match="simple"):
-        generate_volume(np.random.default_rng(0), variant="irregular")
+    with pytest.raises(ValueError, match="irregular"):
+        generate_volume(np.random.default_rng(0), variant="wobbly")
+
+
+# -- irregular variant ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def irregular():
+    return [generate_volume(np.random.default_rng(s), variant="irregular") for s in range(4)]
+
+
+def test_irregular_levels_still_nest(irregular):
+    for _, lab in irregular:
+        assert set(np.unique(lab[2][lab[1] == 0]).tolist()) == {0}
+        parent_of = {0: 0, 1: 1, 2: 2, 3: 3, 4: 2, 5: 3}  # level-3 class -> level-2 class
+        for c3, c2 in parent_of.items():
+            assert np.all(lab[2][lab[3] == c3] == c2)
+
+
+def test_irregular_shapes_are_not_convex(irregular):
+    """A deformed sphere or cuboid leaves holes in its own convex hull; the simple ones do not."""
+    from scipy.spatial import ConvexHull, Delaunay
+
+    def hull_deficit(mask: np.ndarray) -> float:
+        """Fraction of the largest component's convex hull (voxel grid) that it leaves empty."""
+        comp, n = ndimage.label(mask)
+        mask = comp == 1 + np.argmax(np.bincount(comp.ravel())[1:])
+        pts = np.argwhere(mask).astype(float)
+        hull = Delaunay(pts[ConvexHull(pts).vertices])
+        lo, hi = pts.min(0).astype(int), pts.max(0).astype(int) + 1
+        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+        inside = hull.find_simplex(grid) >= 0
+        return 1.0 - mask.sum() / inside.sum()
+
+    irregular_deficit = [hull_deficit(lab[2] == 3) for _, lab in irregular]  # mitochondria
+    simple_deficit = [hull_deficit(lab[2] == 3) for _, lab in
+                      (generate_volume(np.random.default_rng(s)) for s in range(4))]
+    assert max(simple_deficit) < 0.05  # a voxelised cuboid fills its hull
+    assert np.median(irregular_deficit) > 0.1
+
+
+def test_irregular_intensity_alone_does_not_separate_background(irregular):
+    """The bias field shifts the background so its range covers much of the cell's."""
+    for image, lab in irregular:
+        bg, cell = image[lab[1] == 0], image[lab[1] == 1]
+        lo, hi = np.percentile(cell, [5, 95])
+        assert np.mean((bg > lo) & (bg < hi)) > 0.5
+        assert bg.std() > 0.3  # the simple variant's background is only the noise (std 0.25)
+
+
+def test_irregular_keeps_the_scene_of_the_simple_case():
+    simple = generate_volume(np.random.default_rng(7))[1]
+    irregular = generate_volume(np.random.default_rng(7), variant="irregular")[1]
+    for level in (2, 3):
+        assert sorted(np.unique(simple[level]).tolist()) == sorted(np.unique(irregular[level]).tolist())
+    assert 0.8 < irregular[1].mean() / simple[1].mean() < 1.25
 
 
 def test_write_benchmark_roundtrip(tmp_path):

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("--n-val", type=int, default=20)
     p.add_argument("--n-test", type=int, default=20)
     p.add_argument("--size", type=int, default=50, help="edge of each cubic volume (default 50)")
-    p.add_argument("--variant", default="simple")
+    p.add_argument("--variant", default="simple", choices=["simple", "irregular"],
+                   help="simple (the paper's recipe) or irregular (deformed shapes, bias field)")
     p.add_argument("-q", "--quiet", action="store_true")
 
 

@@ -92,6 +92,26 @@ Noise: pink noise of magnitude 0.25 is added to the whole volume:
 ``1/|f|`` (the DC term set to 0), transforms back and rescales to standard deviation
 exactly 1, then multiplies by 0.25. The image is returned as float32.
 
+Irregular variant (``variant="irregular"``)
+-------------------------------------------
+The paper mentions "a more challenging irregular synthetic dataset" but does not
+describe it (paper.md 2.2), so this one is ours. The scene is drawn exactly as
+above (same hierarchy, classes, textures, and the same random stream up to this
+point, so case ``j`` of both variants has the same objects), then:
+
+* **deformed shapes**: one smooth random displacement field (std 3 voxels per
+  axis, correlation length ~5 voxels) warps image and labels together, so
+  spheres and cuboids become lumpy, non-convex blobs while the nesting of the
+  levels is kept exactly;
+* **overlapping intensities**: every instance's colour is drawn from the same
+  ``N(0, 1)`` whatever its level, as in the simple variant, and
+* **a smooth bias field**: a multiplicative gain ``exp(0.3 g)`` and an additive
+  offset ``0.6 o`` (``g, o`` smooth unit-variance fields, correlation length
+  ~12 voxels) shift intensities across the volume, so that no intensity
+  threshold separates the levels;
+
+then the same pink noise. Constants ``WARP_*`` and ``BIAS_*``.
+
 On disk (:func:`write_benchmark`)
 ---------------------------------
 ``out_dir/{train,val,test}/caseNNN.nii.gz`` (float32 image) and
@@ -126,7 +146,7 @@ __all__ = [
     "write_benchmark",
 ]
 
-VARIANTS = ("simple",)
+VARIANTS = ("simple", "irregular")
 SPLITS = ("train", "val", "test")
 
 LEVEL_CLASSES: dict[int, tuple[str, ...]] = {
@@ -152,6 +172,12 @@ N_CANDIDATES = 256  # candidate centres per object (bounded rejection sampling)
 MIN_SIZE = 0.5
 NOISE_MAGNITUDE = 0.25  # paper: pink noise of magnitude 0.25
 TEXTURE_AMPLITUDE = (0.4, 0.8)
+# irregular variant (module docstring); lengths in voxels at 50^3, scaled by s
+WARP_AMPLITUDE = 3.0  # std of each component of the smooth displacement field
+WARP_SMOOTHNESS = 5.0  # Gaussian sigma of the displacement field (correlation length)
+BIAS_SMOOTHNESS = 12.0  # Gaussian sigma of the bias fields
+BIAS_GAIN = 0.3  # std of the log of the multiplicative bias field
+BIAS_OFFSET = 0.6  # std of the additive bias field (as large as the instance colours' spread)
 
 # labels written by each kind of object at levels 2 and 3
 _LABELS = {"cell": (1, 1), "vesicle": (2, 2), "mitochondrion": (3, 3),
@@ -321,6 +347,38 @@ def _texture(rng: np.random.Generator, kind: str, rel: list[np.ndarray], box_sha
             * np.cos(2 * np.pi * f * rel[2] + phases[1]))
 
 
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise rescaled to zero mean and unit standard deviation."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    field -= field.mean()
+    sd = field.std()
+    return field / sd if sd > 0 else field
+
+
+def _deform(rng: np.random.Generator, image: np.ndarray, labels: dict[int, np.ndarray],
+            s: float) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Irregular variant: warp the scene, then apply a smooth gain and offset.
+
+    One smooth random displacement ``u(x)`` (each component Gaussian-filtered
+    white noise with sigma ``WARP_SMOOTHNESS * s`` and std ``WARP_AMPLITUDE * s``)
+    resamples the image (trilinear) and every level's labels (nearest) at
+    ``x + u(x)``. All levels are read at the same source point, so nesting is
+    kept exactly; spheres and cuboids become lumpy, non-convex shapes. Then
+    ``image * exp(BIAS_GAIN g(x)) + BIAS_OFFSET o(x)`` with smooth unit fields
+    ``g, o`` (sigma ``BIAS_SMOOTHNESS * s``): an intensity that means "background"
+    in one corner means "cell" in another.
+    """
+    shape = image.shape
+    coords = np.indices(shape, dtype=np.float64)
+    for axis in range(3):
+        coords[axis] += WARP_AMPLITUDE * s * _smooth_field(rng, shape, WARP_SMOOTHNESS * s)
+    image = ndimage.map_coordinates(image, coords, order=1, mode="nearest")
+    labels = {lvl: ndimage.map_coordinates(lab, coords, order=0, mode="nearest") for lvl, lab in labels.items()}
+    gain = np.exp(BIAS_GAIN * _smooth_field(rng, shape, BIAS_SMOOTHNESS * s))
+    offset = BIAS_OFFSET * _smooth_field(rng, shape, BIAS_SMOOTHNESS * s)
+    return image * gain + offset, labels
+
+
 def generate_volume(rng: np.random.Generator, shape: Sequence[int] = (50, 50, 50),
                     variant: str = "simple") -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """One synthetic volume and its ground truth at the three hierarchy levels.
@@ -331,8 +389,7 @@ def generate_volume(rng: np.random.Generator, shape: Sequence[int] = (50, 50, 50
     See the module docstring for the recipe.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown synthetic variant {variant!r}: only {VARIANTS} is implemented "
-                         "(the paper's irregular variant is not described in the available text)")
+        raise ValueError(f"unknown synthetic variant {variant!r}: choose one of {VARIANTS}")
     vol_shape = np.asarray(tuple(shape), dtype=int)
     if vol_shape.shape != (3,) or np.any(vol_shape < 8):
         raise ValueError(f"shape must be three edges >= 8 voxels, got {tuple(shape)}")
@@ -361,6 +418,8 @@ def generate_volume(rng: np.random.Generator, shape: Sequence[int] = (50, 50, 50
             labels[2][sl][mask] = lab2
         labels[3][sl][mask] = lab3
 
+    if variant == "irregular":
+        image, labels = _deform(rng, image, labels, float(vol_shape.min()) / REFERENCE_EDGE)
     image += pink_noise(rng, dims, NOISE_MAGNITUDE)
     return image.astype(np.float32), labels
 
@@ -381,7 +440,7 @@ def write_benchmark(out_dir: str | Path, seed: int = 0, n_train: int = 80, n_val
     files of the same names are replaced.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown synthetic variant {variant!r}: only {VARIANTS} is implemented")
+        raise ValueError(f"unknown synthetic variant {variant!r}: choose one of {VARIANTS}")
     counts = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     if any(n < 0 for n in counts.values()):
         raise ValueError(f"split sizes must be >= 0, got {counts}")
