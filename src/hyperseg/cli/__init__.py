@@ -1,4 +1,4 @@
-"""The ``hyperseg`` command line: synth, train, segment, evaluate, demo.
+"""The ``hyperseg`` command line: synth, train, segment, evaluate, demo, bench.
 
 One module per subcommand; each has ``add_parser(subparsers)`` and
 ``run(args) -> int``. Errors a user can fix (missing files, bad shapes, bad
@@ -11,10 +11,11 @@ import argparse
 import sys
 
 from .. import __version__
-from . import demo, evaluate, segment, synth, train
+from . import bench, demo, evaluate, segment, synth, train
 from .common import USER_ERRORS, UserError
 
-SUBCOMMANDS = {"synth": synth, "train": train, "segment": segment, "evaluate": evaluate, "demo": demo}
+SUBCOMMANDS = {"synth": synth, "train": train, "segment": segment, "evaluate": evaluate, "demo": demo,
+               "bench": bench}
 
 __all__ = ["main", "build_parser", "UserError", "USER_ERRORS"]
 

@@ -1,0 +1,87 @@
+"""`hyperseg bench`: classical baselines, the row runner, results.json and the table."""
+import json
+
+import numpy as np
+import pytest
+
+from hyperseg.benchmark.baselines import BASELINES
+from hyperseg.benchmark.rows import FULL_MODEL, ROWS, find_rows
+from hyperseg.benchmark.runner import Profile, run_benchmark
+from hyperseg.benchmark.table import PAPER_ROWS, format_table
+from hyperseg.cli import main
+from hyperseg.metrics import mean_dice
+
+TINY = {"encoder_channels": [4, 4, 4, 4], "decoder_channels": [4, 4, 4, 4], "hidden": 8, "gyro_channels": 8,
+        "n_samples": 2, "batch_size": 4, "checkpoint_every": 100, "kmeans_n_init": 1, "kmeans_sample": 2000}
+
+
+def _two_phase_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A bright ball in a dark box, with mild noise: every method should find it."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices((24, 24, 24))
+    truth = ((z - 12) ** 2 + (y - 11) ** 2 + (x - 13) ** 2 <= 49).astype(np.int64)
+    image = 2.0 * truth + 0.2 * rng.standard_normal(truth.shape)
+    return image[None].astype(np.float32), truth
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_classical_baselines_find_an_obvious_object(name):
+    image, truth = _two_phase_volume()
+    labels = BASELINES[name](image, 2, seed=0)
+    assert labels.shape == truth.shape and labels.dtype == np.int64
+    assert set(np.unique(labels).tolist()) <= {0, 1}
+    assert mean_dice(labels, truth) > 0.95
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_classical_baselines_give_k_labels(name):
+    rng = np.random.default_rng(1)
+    image = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    labels = BASELINES[name](image, 6, seed=0)
+    assert labels.min() >= 0 and labels.max() <= 5 and len(np.unique(labels)) >= 3
+
+
+def test_every_table_row_is_defined_once():
+    names = [r.method for r in ROWS]
+    assert len(names) == len(set(names))
+    for paper_name, _ in PAPER_ROWS[5:]:  # the ablations have rows of the same name
+        assert paper_name in names
+    assert {r.baseline for r in ROWS if r.kind == "classical"} == set(BASELINES)
+    with pytest.raises(ValueError, match="unknown benchmark rows"):
+        find_rows(["no such method"])
+
+
+def test_run_benchmark_writes_results_and_table(tmp_path):
+    profile = Profile("tiny", steps=2, n_train=2, n_test=1, seeds=(0, 1), size=32, config=TINY, threads=1)
+    rows = run_benchmark(tmp_path, profile, rows=[FULL_MODEL, "multi-Otsu"], progress=False, isolate=False)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["rows"] == rows and data["profile"]["name"] == "tiny"
+    measured = [r for r in rows if r["measured"]]
+    assert {(r["dataset"], r["method"]) for r in measured} == {
+        (ds, m) for ds in ("simple", "irregular")
+        for m in (FULL_MODEL, f"{FULL_MODEL}, nested (divisive)", f"{FULL_MODEL}, nested (agglomerative)",
+                  "multi-Otsu")}
+    for r in measured:
+        assert set(r["dice"]) == set(r["dice_std"]) == {"1", "2", "3"}
+        assert all(0.0 <= r["dice"][lvl] <= 1.0 for lvl in "123")
+        assert r["seconds"] > 0 and r["peak_mb"] > 0
+    model_rows = [r for r in measured if r["method"] == FULL_MODEL]
+    assert all(r["n_seeds"] == 2 and r["dice_seed_std"]["1"] is not None for r in model_rows)
+    quoted = [r for r in rows if not r["measured"]]
+    assert len(quoted) == len(PAPER_ROWS)
+    assert any(r["dice"]["1"] == 0.952 for r in quoted)
+    table = (tmp_path / "table.md").read_text()
+    assert table == format_table(rows)
+    assert "### simple" in table and "### irregular" in table and "| multi-Otsu |" in table
+
+
+def test_classical_row_in_a_fresh_process_through_the_cli(tmp_path, capsys, monkeypatch):
+    import hyperseg.benchmark.runner as runner
+
+    tiny = Profile("quick", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("simple",), threads=1)
+    monkeypatch.setitem(runner.PROFILES, "quick", tiny)
+    assert main(["bench", "-o", str(tmp_path), "--rows", "k-means on intensity", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "| k-means on intensity |" in out and "paper: hyperbolic + gyroplane conv + triplet" in out
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["method"] == "k-means on intensity" and row["peak_mb"] > 50  # a fresh Python with numpy
