@@ -1,0 +1,231 @@
+"""``hyperseg segment``: outputs per case, several processes, resuming, torchrun shares."""
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from hyperseg.cli import main
+from hyperseg.cli.workers import rank_info, run_spawned, shard, threads_per_process
+from hyperseg.data.io import read_labels
+
+TINY_CONFIG = """\
+encoder_channels: [4, 4, 4, 4]
+decoder_channels: [4, 4, 4, 4]
+hidden: 8
+gyro_channels: 8
+n_samples: 2
+batch_size: 4
+checkpoint_every: 2
+kmeans_n_init: 1
+levels: [2, 3]
+"""
+
+
+def blob(shape, seed, channels=None):
+    """A noisy bright box in a dark volume: something with two phases to segment."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(shape) if channels is None else (channels, *shape)
+    a = rng.normal(size=shape).astype(np.float32)
+    box = tuple(slice(n // 4, 3 * n // 4) for n in shape[-3:])
+    a[(Ellipsis, *box)] += 4
+    return a
+
+
+def train_tiny(root, channels=None):
+    data = root / "train"
+    data.mkdir()
+    for i in range(2):
+        np.save(data / f"t{i}.npy", blob((20, 20, 20), i, channels))
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    run = root / "run"
+    assert main(["train", "-i", str(data), "-o", str(run), "--config", str(root / "tiny.yaml"),
+                 "--steps", "2", "-q"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("segment_model"))
+
+
+@pytest.fixture
+def four_cases(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        np.save(src / f"case{i}.npy", blob((10, 9, 8), 10 + i))
+    return src
+
+
+def segment(run, src, out, *extra):
+    return main(["segment", "-m", str(run), "-i", str(src), "-o", str(out), "-q", *extra])
+
+
+def names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def stamps(folder, file_names):
+    """``{name: (mtime_ns, inode)}``: an atomic rewrite changes both."""
+    return {n: ((folder / n).stat().st_mtime_ns, (folder / n).stat().st_ino) for n in file_names}
+
+
+def test_one_label_map_per_level_plus_embeddings_and_report(run, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    np.save(src / "a.npy", blob((12, 10, 8), 1))
+    affine = np.diag([0.8, 0.8, 1.6, 1.0])
+    affine[:3, 3] = [5, -2, 1]
+    nib.save(nib.Nifti1Image(blob((10, 9, 8), 2), affine), str(src / "b.nii.gz"))
+    assert segment(run, src, out, "--levels", "2", "3", "--save-embeddings", "--report") == 0
+    assert names(out) == ["a_embedding.npy", "a_k2.npy", "a_k3.npy", "a_report.png",
+                          "b_embedding.npy", "b_k2.nii.gz", "b_k3.nii.gz", "b_report.png"]
+    for k in (2, 3):
+        a = np.load(out / f"a_k{k}.npy")
+        assert a.shape == (12, 10, 8) and a.dtype == np.uint8 and a.max() < k
+        b = nib.load(str(out / f"b_k{k}.nii.gz"))
+        assert b.shape == (10, 9, 8) and np.allclose(b.affine, affine)
+    emb = np.load(out / "a_embedding.npy")
+    assert emb.shape == (12, 10, 8, 2) and emb.dtype == np.float32
+    assert np.linalg.norm(emb, axis=-1).max() < 1  # ball coordinates
+    assert (out / "b_report.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_default_levels_come_from_the_model_and_the_format_can_be_overridden(run, tmp_path):
+    src, out = tmp_path / "b.nii.gz", tmp_path / "out"
+    nib.save(nib.Nifti1Image(blob((10, 9, 8), 3), np.eye(4)), str(src))
+    assert segment(run, src, out, "--output-format", "npy") == 0
+    assert names(out) == ["b_k2.npy", "b_k3.npy"]  # levels [2, 3] from the run's configuration
+    for fmt in ("tif", "mrc"):
+        assert segment(run, src, tmp_path / fmt, "--output-format", fmt, "--levels", "2") == 0
+        assert names(tmp_path / fmt) == [f"b_k2.{fmt}"]
+        assert read_labels(tmp_path / fmt / f"b_k2.{fmt}").shape == (10, 9, 8)
+
+
+def test_nnunet_channel_files_are_one_case(tmp_path_factory, tmp_path):
+    run2 = train_tiny(tmp_path_factory.mktemp("two_channel_model"), channels=2)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    vol = blob((10, 9, 8), 4, channels=2)
+    for c in range(2):
+        nib.save(nib.Nifti1Image(vol[c], np.eye(4)), str(src / f"brain_{c:04d}.nii.gz"))
+    assert segment(run2, src, out, "--levels", "2") == 0
+    assert names(out) == ["brain_k2.nii.gz"]
+    assert nib.load(str(out / "brain_k2.nii.gz")).shape == (10, 9, 8)
+
+
+def test_quiet_silences_progress_bars(run, four_cases, tmp_path, capsys):
+    capsys.readouterr()
+    assert segment(run, four_cases, tmp_path / "out", "--levels", "2") == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "segmented 4 of 4 cases" in captured.out
+
+
+def test_two_workers_write_exactly_the_expected_files(run, four_cases, tmp_path, capsys):
+    out = tmp_path / "out"
+    np.save(four_cases / "case4.npy", np.zeros((10, 9, 8), np.float32))  # a bad case among them
+    assert segment(run, four_cases, out, "--nproc", "2", "--levels", "2", "3") == 2
+    assert names(out) == sorted(f"case{i}_k{k}.npy" for i in range(4) for k in (2, 3))
+    for p in out.iterdir():
+        assert np.load(p).shape == (10, 9, 8)
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [captured.err.splitlines()[0]]
+    assert captured.err.startswith(f"hyperseg: error: {four_cases / 'case4.npy'}: ")
+    assert "segmented 4 of 5 cases" in captured.out and "1 failed" in captured.out
+
+
+class DyingJob:
+    """A worker job whose process ends abruptly on the case named "die"."""
+
+    def setup(self, slot):
+        return None
+
+    def run_case(self, state, case):
+        if case == "die":
+            os._exit(3)
+        return ("done", case)
+
+    def failed(self, case, message):
+        return ("failed", case)
+
+
+def test_cases_of_a_worker_that_dies_are_reported_not_skipped():
+    results = []
+    run_spawned(DyingJob(), [["a", "die", "b"], ["c"]], results.append, n_threads=None)
+    assert sorted(results) == [("done", "a"), ("done", "c"), ("failed", "b"), ("failed", "die")]
+
+
+def test_skip_existing_continues_an_interrupted_run_and_leaves_finished_outputs_alone(run, four_cases, tmp_path,
+                                                                                      capsys):
+    out = tmp_path / "out"
+    args = ["--levels", "2", "3", "--report"]
+    (four_cases / "case3.npy").unlink()  # three cases are enough here
+    assert segment(run, four_cases, out, *args) == 0
+    everything = names(out)
+    # "interrupt": case1 lost all its outputs, case2 lost one level
+    for p in out.glob("case1_*"):
+        p.unlink()
+    (out / "case2_k3.npy").unlink()
+    kept = stamps(out, names(out))
+    capsys.readouterr()
+    assert segment(run, four_cases, out, *args, "--skip-existing") == 0
+    assert names(out) == everything
+    assert stamps(out, kept) == kept  # not rewritten (same inode, same time)
+    assert "1 skipped" in capsys.readouterr().out
+    # asking for a new output makes every case due again, and only that output is written
+    assert segment(run, four_cases, out, *args, "--save-embeddings", "--skip-existing") == 0
+    assert stamps(out, kept) == kept
+    assert sorted(p.name for p in out.glob("*_embedding.npy")) == [f"case{i}_embedding.npy" for i in range(3)]
+
+
+def test_torchrun_ranks_take_disjoint_shares_without_a_process_group(run, four_cases, tmp_path, monkeypatch):
+    done = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        out = tmp_path / f"rank{rank}"
+        assert segment(run, four_cases, out, "--levels", "2") == 0
+        done.append(names(out))
+    assert done == [["case0_k2.npy", "case2_k2.npy"], ["case1_k2.npy", "case3_k2.npy"]]
+
+
+def test_a_mask_file_is_used_for_every_case_and_must_match_its_grid(run, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    np.save(src / "a.npy", blob((10, 9, 8), 5))
+    mask = np.zeros((10, 9, 8), np.uint8)
+    mask[2:8, 2:7, 2:6] = 1
+    np.save(tmp_path / "mask.npy", mask)
+    assert segment(run, src, out, "--levels", "2", "--mask", str(tmp_path / "mask.npy")) == 0
+    assert names(out) == ["a_k2.npy"]
+    np.save(tmp_path / "small_mask.npy", mask[:-1])
+    capsys.readouterr()
+    assert segment(run, src, tmp_path / "out2", "--levels", "2", "--mask", str(tmp_path / "small_mask.npy")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hyperseg: error: {src / 'a.npy'}") and "mask" in err
+
+
+def test_shares_cover_every_case_exactly_once():
+    items = list(range(23))
+    for n in (1, 2, 3, 7, 30):
+        shares = [shard(items, j, n) for j in range(n)]
+        assert sorted(x for s in shares for x in s) == items
+        assert all(x % n == j for j, s in enumerate(shares) for x in s)
+
+
+def test_rank_info_reads_torchrun_variables_and_refuses_nonsense():
+    assert rank_info({}) == rank_info({"RANK": "0", "WORLD_SIZE": "1"})
+    info = rank_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
+    assert (info.rank, info.world_size, info.local_rank, info.local_world_size) == (3, 4, 1, 2)
+    with pytest.raises(ValueError, match="RANK"):
+        rank_info({"RANK": "4", "WORLD_SIZE": "4"})
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        rank_info({"WORLD_SIZE": "two"})
+
+
+def test_threads_are_shared_between_processes():
+    assert threads_per_process(2, cpus=16) == 8
+    assert threads_per_process(3, cpus=16) == 5
+    assert threads_per_process(32, cpus=16) == 1
