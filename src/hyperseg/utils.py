@@ -19,6 +19,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     suffix = "".join(path.suffixes)  # keep .nii.gz so writers pick the right format
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only; give them the usual mode
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
@@ -26,6 +27,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

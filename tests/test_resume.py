@@ -1,0 +1,143 @@
+"""Resuming a run: after SIGKILL, from a clean stop, and refusing a changed configuration."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from hyperseg.cli import main
+from hyperseg.config import Config
+from hyperseg.data.synthetic import generate_volume
+from hyperseg.train import load_model, read_checkpoint, read_log, train
+
+TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
+            n_samples=2, batch_size=4, kmeans_n_init=1)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and a busy 2-core machine loses much."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    (root / "data").mkdir()
+    image, _ = generate_volume(np.random.default_rng(0), (24, 24, 24))
+    np.save(root / "data" / "v0.npy", image[None])
+    (root / "tiny.yaml").write_text(yaml.safe_dump(dict(TINY, checkpoint_every=2)))
+    return root
+
+
+def _wait_for_checkpoint(run, proc, min_step: int, timeout_s: float = 180.0) -> int:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        assert proc.poll() is None, f"training exited early with status {proc.returncode}"
+        if (run / "model.pt").exists():
+            step = read_checkpoint(run)["step"]
+            if step >= min_step:
+                return step
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint of step >= {min_step} within {timeout_s} s")
+
+
+def test_a_run_killed_with_sigkill_leaves_loadable_files_and_resumes_to_the_end(bench):
+    run = bench / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "hyperseg", "train", "-i", str(bench / "data"), "-o", str(run),
+                             "--config", str(bench / "tiny.yaml"), "--steps", "100000", "-q"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = _wait_for_checkpoint(run, proc, min_step=6)
+        _wait_for_checkpoint(run, proc, min_step=first + 4)  # a few more steps (and checkpoint writes)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    # every file under its final name is whole
+    final = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+    assert final == ["config.yaml", "log.jsonl", "model.pt", "run.json"]
+    killed_at = read_checkpoint(run)["step"]
+    assert all(torch.isfinite(v).all() for v in load_model(run).state_dict().values())
+    assert Config.load(run / "config.yaml").encoder_channels == [4, 4, 4, 4]
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    lines = (run / "log.jsonl").read_text().splitlines()
+    assert lines and all(isinstance(json.loads(line), dict) for line in lines)
+
+    target = killed_at + 5
+    assert main(["train", "--resume", str(run), "--steps", str(target), "-q"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["steps_done"] == target
+    assert [s["from_step"] for s in info["sessions"]] == [0, killed_at]
+    assert read_checkpoint(run)["step"] == target
+    steps = [r["step"] for r in read_log(run / "log.jsonl")]
+    assert steps == sorted(set(steps)) and steps[0] == 1  # appended, no step logged twice
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # stale temporaries removed
+
+
+def _cfg(**kw) -> Config:
+    return Config(**TINY, checkpoint_every=100, **kw)
+
+
+def test_resuming_continues_exactly_where_an_uninterrupted_run_would_be(tmp_path):
+    image, _ = generate_volume(np.random.default_rng(1), (24, 24, 24))
+    straight = train(_cfg(), [image[None]], tmp_path / "straight", steps=6, progress=False)
+    train(_cfg(), [image[None]], tmp_path / "split", steps=3, progress=False)
+    resumed = train(_cfg(), [image[None]], tmp_path / "split", steps=6, progress=False, resume=True)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    oa = read_checkpoint(tmp_path / "straight")["optimizer"]["state"]
+    ob = read_checkpoint(tmp_path / "split")["optimizer"]["state"]
+    assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+    assert json.loads((tmp_path / "split" / "run.json").read_text())["steps_done"] == 6
+
+
+def test_a_torn_log_line_is_dropped_on_resume(tmp_path):
+    image, _ = generate_volume(np.random.default_rng(1), (24, 24, 24))
+    run = tmp_path / "run"
+    train(_cfg(), [image[None]], run, steps=2, progress=False, log_every=1)
+    with open(run / "log.jsonl", "a") as fh:
+        fh.write('{"step": 3, "nll": 12')  # what a kill in the middle of a write would leave
+    assert [r["step"] for r in read_log(run / "log.jsonl")] == [1, 2]
+    train(_cfg(), [image[None]], run, steps=4, progress=False, log_every=1, resume=True)
+    assert [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_another_configuration_and_leaves_the_run_untouched(bench, capsys):
+    run = bench / "done"
+    assert main(["train", "-i", str(bench / "data"), "-o", str(run), "--config", str(bench / "tiny.yaml"),
+                 "--steps", "2", "-q"]) == 0
+    before = (run / "model.pt").read_bytes()
+    other = bench / "other.yaml"
+    other.write_text(yaml.safe_dump(dict(TINY, checkpoint_every=2, lr=0.5)))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--config", str(other), "--steps", "4", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hyperseg: error:") and "lr" in err and str(run) in err and "\n" not in err
+    assert main(["train", "--resume", str(run), "--seed", "7", "-q"]) == 2
+    assert "seed" in capsys.readouterr().err
+    assert (run / "model.pt").read_bytes() == before
+    # the run's own configuration file is accepted
+    assert main(["train", "--resume", str(run), "--config", str(bench / "tiny.yaml"), "--steps", "3", "-q"]) == 0
+    assert read_checkpoint(run)["step"] == 3
+
+
+def test_training_into_an_existing_run_points_to_resume(bench, capsys):
+    run = bench / "existing"
+    args = ["train", "-i", str(bench / "data"), "-o", str(run), "--config", str(bench / "tiny.yaml"), "--steps", "1",
+            "-q"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "--resume" in capsys.readouterr().err

@@ -1,0 +1,135 @@
+"""The training loop's pieces: seeds per rank, the log, checkpoints, configuration checks, process plumbing."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hyperseg import distributed
+from hyperseg.config import Config
+from hyperseg.data.synthetic import generate_volume
+from hyperseg.train import (
+    _flush_log,
+    config_changes,
+    load_model,
+    rank_seed,
+    read_checkpoint,
+    read_log,
+    save_checkpoint,
+    train,
+)
+
+TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
+            n_samples=2, batch_size=4, kmeans_n_init=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and a busy 2-core machine loses much."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_rank_0_keeps_the_seed_and_other_ranks_get_distinct_ones():
+    assert rank_seed(7, 0) == 7
+    seeds = {rank_seed(7, r) for r in range(64)}
+    assert len(seeds) == 64 and all(0 <= s < 2**63 for s in seeds)
+    assert rank_seed(7, 1) == rank_seed(7, 1) != rank_seed(8, 1)
+
+
+def test_the_log_is_appended_in_whole_lines_and_a_torn_tail_is_ignored(tmp_path):
+    path = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": 1}), json.dumps({"step": 2})]
+    _flush_log(path, lines)
+    assert lines == []  # flushed lines are consumed
+    _flush_log(path, [json.dumps({"step": 3})])
+    assert path.read_text().endswith("\n")
+    assert [r["step"] for r in read_log(path)] == [1, 2, 3]
+    with open(path, "a") as fh:
+        fh.write('{"step": 4, "lo')
+    assert [r["step"] for r in read_log(path)] == [1, 2, 3]
+    assert read_log(tmp_path / "absent.jsonl") == []
+
+
+def test_a_checkpoint_holds_what_resuming_needs(tmp_path):
+    from hyperseg.model import HyperVAE
+
+    cfg = Config(**TINY)
+    model = HyperVAE(cfg)
+    opt = torch.optim.Adam(model.parameters())
+    gen = torch.Generator().manual_seed(1)
+    rng = [{"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "cuda": None}]
+    save_checkpoint(tmp_path, model, opt, 12, gen, rng=rng, extra={"skipped_steps": 3})
+    state = read_checkpoint(tmp_path)
+    assert state["config"] == cfg and state["step"] == 12 and state["skipped_steps"] == 3
+    assert torch.equal(state["rng"][0]["generator"], gen.get_state())
+    assert set(state["versions"]) == {"hyperseg", "torch", "geoopt", "numpy", "python"}
+    loaded = load_model(tmp_path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_an_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="model.pt: not a usable hyperseg checkpoint"):
+        load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="hyperseg train"):
+        read_checkpoint(tmp_path / "nowhere")
+
+
+def test_config_changes_name_the_fields_and_ignore_the_step_budget():
+    a = Config(**TINY)
+    assert config_changes(a, a.replace(steps=5)) == []
+    assert config_changes(a, a.replace(lr=0.5, seed=2)) == ["lr: 0.001 -> 0.5", "seed: 0 -> 2"]
+
+
+def test_resuming_with_another_configuration_is_refused(tmp_path):
+    image, _ = generate_volume(np.random.default_rng(0), (24, 24, 24))
+    train(Config(**TINY), [image[None]], tmp_path, steps=1, progress=False)
+    with pytest.raises(ValueError, match="another configuration.*batch_size"):
+        train(Config(**dict(TINY, batch_size=2)), [image[None]], tmp_path, steps=2, progress=False, resume=True)
+    assert read_checkpoint(tmp_path)["step"] == 1
+
+
+def test_a_single_process_needs_no_process_group(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    world, device = distributed.init("cpu")
+    assert world == distributed.World(0, 1, 0) and world.is_main and not world.distributed
+    assert device == torch.device("cpu") and not torch.distributed.is_initialized()
+    t = torch.tensor([1.0, 2.0])
+    assert distributed.all_reduce(t) is t and t.tolist() == [1.0, 2.0]
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+    assert distributed.all_gather_object(3) == [3]
+    assert distributed.run_on_main(lambda: 5) == 5
+    assert distributed.is_main() and not distributed.is_launched()
+    distributed.cleanup()  # harmless without a group
+
+
+def test_the_launch_environment_is_read_and_checked(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.env_world() == distributed.World(3, 4, 1) and distributed.is_launched()
+    assert not distributed.current().distributed  # no group joined yet: this process is on its own
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="RANK=4 WORLD_SIZE=4"):
+        distributed.env_world()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="RANK"):
+        distributed.env_world()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        distributed.init("cpu")
+
+
+def test_nproc_inside_torchrun_is_refused(monkeypatch, tmp_path, capsys):
+    from hyperseg.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "-i", str(tmp_path), "-o", str(tmp_path / "run"), "--nproc", "2", "-q"]) == 2
+    assert "torchrun" in capsys.readouterr().err
