@@ -58,6 +58,12 @@ class Config:
     child_range: list[int] = field(default_factory=lambda: [3, 14])  # paper's code: 3..14
     patch_scale: str = "uniform"  # "uniform" (paper, synthetic) or "log" (paper, large volumes)
     normalize: bool = True  # z-score each channel of each volume before use
+    # robust normalisation (data/preprocess.py): percentiles (in %) each channel is clipped to
+    # inside the foreground before z-scoring, or null for no clipping
+    clip_percentiles: list[float] | None = field(default_factory=lambda: [0.5, 99.5])
+    # foreground mask for the normalisation statistics: "auto" (voxels above the flat floor of
+    # the channel mean) or "none" (all voxels)
+    normalize_mask: str = "auto"
 
     # --- training ---------------------------------------------------------
     batch_size: int = 32  # triplets per step
@@ -66,6 +72,7 @@ class Config:
     grad_clip: float = 8.0  # paper's code: --clip 8
     steps: int = 2000
     checkpoint_every: int = 200
+    max_bad_steps: int = 20  # training stops after this many non-finite steps in a row (each is skipped)
     seed: int = 0
 
     # --- segmentation -----------------------------------------------------
@@ -76,6 +83,10 @@ class Config:
     kmeans_n_init: int = 4
     kmeans_max_iter: int = 100
     kmeans_sample: int = 50000  # k-means is fitted on at most this many voxels, then applied to all
+    # "independent": k-means per level (paper); "divisive" / "agglomerative": nested levels (hierarchy.py)
+    hierarchy: str = "independent"
+    # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py)
+    clustering: str = "kmeans"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,13 +123,23 @@ class Config:
              f"child_range must be [lo, hi] with 1 <= lo <= hi, lo <= parent lo and hi < parent hi, "
              f"got {self.child_range} for parent_range {self.parent_range}")
         need(self.patch_scale in PATCH_SCALES, f"patch_scale must be one of {PATCH_SCALES}")
+        need(self.clip_percentiles is None or (len(self.clip_percentiles) == 2
+             and 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100),
+             f"clip_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, or null, got {self.clip_percentiles}")
+        need(self.normalize_mask in ("auto", "none"),
+             f"normalize_mask must be 'auto' or 'none', got {self.normalize_mask!r}")
         need(self.batch_size >= 1 and self.lr > 0 and self.steps >= 0, "batch_size, lr, steps must be positive")
         need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        need(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")
         need(self.embed_patch_edge >= 1, "embed_patch_edge must be >= 1")
         need(self.embed_tile >= 1, "embed_tile must be >= 1")
         need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {PAD_MODES}")
         need(len(self.levels) >= 1 and all(k >= 1 for k in self.levels),
              "levels must be a non-empty list of cluster counts >= 1")
+        need(self.hierarchy in ("independent", "divisive", "agglomerative"),
+             f"hierarchy must be independent, divisive or agglomerative, got {self.hierarchy!r}")
+        need(self.clustering in ("kmeans", "mixture"),
+             f"clustering must be kmeans or mixture, got {self.clustering!r}")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

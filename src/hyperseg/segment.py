@@ -7,6 +7,10 @@ to every voxel. Labels are renumbered so that cluster 0 has the centroid
 nearest the origin and so on outward, which makes label maps of different
 volumes and levels easier to compare by eye; the numbers carry no meaning
 beyond that.
+
+With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
+levels are nested instead (:mod:`hyperseg.hierarchy`): every cluster of a finer
+level lies inside one cluster of each coarser level.
 """
 from __future__ import annotations
 
@@ -17,8 +21,10 @@ import torch
 
 from .cluster import EuclideanKMeans, HyperbolicKMeans
 from .config import Config
-from .data.preprocess import zscore
+from .data.preprocess import normalize_for
 from .embed import embed_volume
+from .hierarchy import NestedClustering
+from .mixture import EuclideanMixture, HyperbolicMixture
 from .model import HyperVAE
 
 
@@ -33,14 +39,20 @@ class Segmentation:
 def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int = 0) -> np.ndarray:
     """Cluster latent points ``(N, d)`` into ``n_clusters``; returns labels ``(N,)`` int64.
 
+    ``cfg.clustering`` picks k-means (the paper) or the mixture with a scale per
+    cluster (:mod:`hyperseg.mixture`).
+
     Fitted on a random subset of at most ``cfg.kmeans_sample`` points, then
     every point is assigned to its nearest centroid.
     """
     if n_clusters > len(points):
         raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
-    kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, max_iter=cfg.kmeans_max_iter, seed=seed,
-                  sample_size=cfg.kmeans_sample or None)
-    km = HyperbolicKMeans(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMeans(**kwargs)
+    kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, seed=seed, sample_size=cfg.kmeans_sample or None)
+    if cfg.clustering == "mixture":
+        km = (HyperbolicMixture(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanMixture(**kwargs))
+    else:
+        kwargs["max_iter"] = cfg.kmeans_max_iter
+        km = HyperbolicKMeans(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMeans(**kwargs)
     labels = km.fit(points).labels_
     centres = np.asarray(km.cluster_centers_)
     order = np.argsort(np.linalg.norm(centres, axis=1), kind="stable")
@@ -49,19 +61,33 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
     return rank[labels]
 
 
+def cluster_levels(points: np.ndarray, levels, cfg: Config, seed: int = 0) -> dict[int, np.ndarray]:
+    """Labels ``{K: (N,) int64}`` of points ``(N, d)`` for each number of clusters in ``levels``.
+
+    ``cfg.hierarchy`` chooses independent k-means per level (the paper) or
+    nested levels (:mod:`hyperseg.hierarchy`).
+    """
+    ks = [int(k) for k in levels]
+    if cfg.hierarchy == "independent" or len(set(ks)) < 2:
+        return {k: cluster_points(points, k, cfg, seed=seed) for k in ks}
+    nested = NestedClustering(ks, method=cfg.hierarchy, latent=cfg.latent, c=cfg.c, n_init=cfg.kmeans_n_init,
+                              max_iter=cfg.kmeans_max_iter, sample_size=cfg.kmeans_sample or None, seed=seed)
+    return nested.fit_predict(points)
+
+
 def segment_array(
     model: HyperVAE,
     array: np.ndarray,
     levels: list[int] | tuple[int, ...],
     seed: int = 0,
     progress: bool = False,
+    mask: np.ndarray | None = None,
 ) -> Segmentation:
     """Segment one volume ``(C, D, H, W)`` (raw intensities) at each number of clusters."""
     cfg = model.cfg
-    x = zscore(array) if cfg.normalize else np.asarray(array, dtype=np.float32)
+    x = normalize_for(cfg, array, mask)  # mask: optional boolean (D, H, W) foreground
     emb = embed_volume(model, torch.from_numpy(x), progress=progress)
     flat = emb.reshape(-1, emb.shape[-1]).numpy()
-    labels = {}
-    for k in levels:
-        labels[int(k)] = cluster_points(flat, int(k), cfg, seed=seed).reshape(emb.shape[:-1]).astype(np.uint8)
+    maps = cluster_levels(flat, levels, cfg, seed=seed)
+    labels = {k: lab.reshape(emb.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
     return Segmentation(labels=labels, embedding=emb.numpy())

@@ -1,16 +1,47 @@
 """Reading volumes and writing label maps with their geometry.
 
-NIfTI (``.nii``, ``.nii.gz``) is read with nibabel and kept in nibabel's
-array order (the voxel axes ``i, j, k`` of the affine); the model is
-indifferent to axis order, and label maps are written back on the same grid
-with the input's affine and header, so they overlay the input in any viewer.
-A 4D NIfTI is read as channels on its last axis. ``.npy`` arrays are read
-as they are, with an identity affine.
+Formats and axis conventions
+----------------------------
+Every reader returns a :class:`Volume` whose ``array`` is float32
+``(C, D, H, W)``: channels first, then the three spatial axes *as stored in
+the file*. Nothing is transposed or reoriented, so a label map written back
+with :func:`write_label_map` lies voxel for voxel on the input's grid.
+
+* **NIfTI** (``.nii``, ``.nii.gz``, nibabel): ``D, H, W`` are nibabel's
+  voxel axes ``i, j, k`` (often, but not always, x, y, z); the affine and
+  header are kept. A 4D NIfTI holds channels on its **last** axis (nnU-Net
+  and FSL convention); singleton axes beyond the fourth are dropped.
+  ``spacing`` is ``header.get_zooms()[:3]``.
+* **TIFF** (``.tif``, ``.tiff``, tifffile): stacks are stored ``Z, Y, X``,
+  so ``D, H, W = Z, Y, X``. A 4D stack's non-spatial axis (ImageJ ``C``,
+  or the first axis when the file does not say) holds the channels. The
+  voxel size comes from OME ``PhysicalSizeZ/Y/X``, or from ImageJ metadata
+  (``spacing`` for Z, ``YResolution``/``XResolution`` pixels per unit for
+  Y, X); it is 1 where the file gives none.
+* **MRC** (``.mrc``, ``.rec``, ``.map``, mrcfile): data are stored
+  ``Z, Y, X`` (``D, H, W = Z, Y, X``); ``spacing`` is the header's voxel
+  size (z, y, x), 1 where unset. A volume stack is read as channels.
+* **NumPy** (``.npy``): 3D ``(D, H, W)`` or 4D channels-first
+  ``(C, D, H, W)``; voxel size 1.
+
+For TIFF, MRC and NumPy the ``affine`` is ``diag(spacing, 1)`` (voxel index
+``(d, h, w)`` to physical units), so every volume carries both an affine and
+a voxel size whatever its format.
+
+Cases and channels
+------------------
+A *case* (:class:`Case`) is one input to segment: a single file (3D, or 4D
+with channels), or the channel files of the nnU-Net layout,
+``{case}_0000.ext, {case}_0001.ext, ...``, which :func:`find_cases` groups by
+case. Every problem with an input file raises :class:`VolumeError` with the
+one-line message ``"{file}: {problem}; {what to do}"``.
 """
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, field
+import re
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +50,92 @@ import numpy as np
 
 from ..utils import atomic_write
 
-SUFFIXES = (".nii.gz", ".nii", ".npy")
+#: Recognised suffixes, longest first so that ``.nii.gz`` wins over ``.gz``.
+SUFFIXES = (".nii.gz", ".nii", ".tiff", ".tif", ".mrc", ".rec", ".map", ".npy")
+#: Suffixes that label maps can be written with (``--output-format``).
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".mrc", ".rec", ".map", ".npy")
+NAN_POLICIES = ("error", "fill")
+#: ``{case}_{XXXX}``: an nnU-Net channel file, ``XXXX`` the 4-digit channel index.
+CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+class VolumeError(ValueError):
+    """A bad input volume; the message is one line: ``"{file}: {problem}; {what to do}"``."""
+
+
+@dataclass
+class Case:
+    """One input case: a single file, or nnU-Net channel files sorted by channel index."""
+
+    name: str
+    files: list[Path]
 
 
 @dataclass
 class Volume:
     """A volume and its geometry.
 
-    ``array``: float32 ``(C, D, H, W)``; ``affine``: ``(4, 4)`` voxel-to-world;
-    ``header``: the source header (NIfTI) or ``None``; ``path``: where it came from.
+    ``array``: float32 ``(C, D, H, W)``; ``affine``: ``(4, 4)`` voxel-to-world
+    (``diag(spacing, 1)`` when not given);
+    ``header``: the source header (NIfTI, MRC) or ``None``; ``path``: the
+    (first) file it came from; ``spacing``: voxel size along ``D, H, W``
+    (from the affine's columns when not given); ``fmt``: the source suffix
+    (``".nii.gz"``, ``".tif"``, ...; ``".npy"`` for arrays); ``case``: the
+    case name (from ``path`` when not given).
     """
 
     array: np.ndarray
-    affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    affine: np.ndarray | None = None
     header: Any = None
     path: Path | None = None
+    spacing: tuple[float, float, float] | None = None
+    fmt: str = ""
+    case: str = ""
+
+    def __post_init__(self) -> None:
+        if self.spacing is None:
+            affine = np.eye(4) if self.affine is None else np.asarray(self.affine, dtype=np.float64)
+            self.spacing = _clean_spacing(np.linalg.norm(affine[:3, :3], axis=0))
+        else:
+            self.spacing = _clean_spacing(self.spacing)
+        if self.affine is None:
+            self.affine = _diag_affine(self.spacing)
+        if not self.fmt:
+            self.fmt = volume_suffix(self.path) if self.path is not None else ".npy"
+        if not self.case:
+            self.case = case_name(self.path) if self.path is not None else "volume"
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
         return tuple(self.array.shape[1:])  # type: ignore[return-value]
 
-    @property
-    def case(self) -> str:
-        return case_name(self.path) if self.path is not None else "volume"
+
+# ---------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------
+
+def volume_suffix(path: str | Path) -> str:
+    """The recognised suffix of ``path`` in lower case (``".nii.gz"``, ``".tif"``, ...), or ``""``."""
+    name = Path(path).name.lower()
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return ""
 
 
 def case_name(path: str | Path) -> str:
     """File name without its volume suffix: ``case001.nii.gz -> case001``."""
     name = Path(path).name
-    for suffix in SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
+    suffix = volume_suffix(name)
+    return name[: -len(suffix)] if suffix else Path(name).stem
 
 
 def is_volume_file(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(SUFFIXES) and not path.name.startswith(".")
+    return path.is_file() and bool(volume_suffix(path)) and not path.name.startswith(".")
+
+
+def _unknown_format(path: Path) -> VolumeError:
+    return VolumeError(f"{path}: unknown volume format; use one of {', '.join(SUFFIXES)}")
 
 
 def find_volumes(path: str | Path) -> list[Path]:
@@ -62,7 +143,7 @@ def find_volumes(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_file():
         if not is_volume_file(path):
-            raise ValueError(f"{path}: unknown volume format; use one of {', '.join(SUFFIXES)}")
+            raise _unknown_format(path)
         return [path]
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if is_volume_file(p))
@@ -72,67 +153,344 @@ def find_volumes(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
-def read_volume(path: str | Path) -> Volume:
-    """Read a 3D volume (or 4D with channels last for NIfTI) as float32 ``(C, D, H, W)``."""
+def find_cases(path: str | Path) -> list[Case]:
+    """The cases of a file or folder; a folder's are sorted by name.
+
+    A file is one case. In a folder, nnU-Net channel files ``{case}_XXXX.ext``
+    are grouped into one case per ``{case}``, sorted by channel; every other
+    volume file is a case of its own. Hidden files and subfolders (such as
+    ``labels/``) are ignored. Missing channels are reported by
+    :func:`read_case`, so that one bad case does not stop a folder.
+    """
+    path = Path(path)
+    files = find_volumes(path)
+    if path.is_file():
+        return [Case(case_name(path), [path])]
+    cases: dict[str, dict[int, Path]] = {}
+    singles: dict[str, Path] = {}
+    for f in files:
+        stem = case_name(f)
+        m = CHANNEL_RE.match(stem)
+        if m:
+            channels = cases.setdefault(m["case"], {})
+            ch = int(m["channel"])
+            if ch in channels:
+                raise VolumeError(f"{f}: channel {ch} of case {m['case']} is also in {channels[ch].name}; "
+                                  "keep one file per channel")
+            channels[ch] = f
+        else:
+            if stem in singles:
+                raise VolumeError(f"{f}: case {stem} is also in {singles[stem].name}; keep one file per case")
+            singles[stem] = f
+    clash = sorted(set(cases) & set(singles))
+    if clash:
+        raise VolumeError(f"{singles[clash[0]]}: case {clash[0]} also has channel files {clash[0]}_XXXX; "
+                          "use either one file or the nnU-Net channel files")
+    out = [Case(name, [f]) for name, f in singles.items()]
+    out += [Case(name, [chs[c] for c in sorted(chs)]) for name, chs in cases.items()]
+    return sorted(out, key=lambda c: c.name)
+
+
+def output_suffix(like: Volume, override: str | None = None) -> str:
+    """Suffix for label maps of ``like``: its own format, or ``override`` ("nii.gz", "tif", ...)."""
+    if override is None:
+        return like.fmt if like.fmt in OUTPUT_SUFFIXES else ".nii.gz"
+    suffix = "." + override.lower().lstrip(".")
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"unknown output format {override!r}; use one of "
+                         f"{', '.join(s.lstrip('.') for s in OUTPUT_SUFFIXES)}")
+    return suffix
+
+
+# ---------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------
+
+@dataclass
+class _Raw:
+    """What a format reader returns: data ``(C, D, H, W)`` (any real dtype) and geometry."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    header: Any
+    spacing: tuple[float, float, float]
+
+
+def _clean_spacing(values) -> tuple[float, float, float]:
+    """Three positive finite voxel sizes; missing or invalid ones (0, NaN, negative) become 1."""
+    vals = [float(v) for v in list(values)[:3]]
+    vals += [1.0] * (3 - len(vals))
+    return tuple(v if np.isfinite(v) and v > 0 else 1.0 for v in vals)  # type: ignore[return-value]
+
+
+def _diag_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    return np.diag([*spacing, 1.0])
+
+
+def _channels_first(data: np.ndarray, path: Path, channel_axis: int) -> np.ndarray:
+    """3D as ``(1, D, H, W)``; 4D with channels moved from ``channel_axis`` to the front."""
+    if data.ndim == 3:
+        return data[None]
+    if data.ndim == 4:
+        return np.moveaxis(data, channel_axis, 0)
+    raise VolumeError(f"{path}: expected a 3D volume (or 4D with channels), got shape {tuple(data.shape)}; "
+                      "save one volume per file")
+
+
+def _read_npy(path: Path) -> _Raw:
+    data = np.load(path, allow_pickle=False)
+    spacing = (1.0, 1.0, 1.0)
+    return _Raw(_channels_first(data, path, 0), _diag_affine(spacing), None, spacing)
+
+
+def _read_nifti(path: Path) -> _Raw:
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim > 4:  # e.g. (X, Y, Z, 1, C) vector images: drop singleton axes past the third
+        extra = [a for a in range(3, data.ndim) if data.shape[a] == 1]
+        data = np.squeeze(data, axis=tuple(extra[: data.ndim - 4]))
+    zooms = img.header.get_zooms()
+    return _Raw(_channels_first(data, path, -1), np.asarray(img.affine, np.float64), img.header,
+                _clean_spacing(zooms[:3]))
+
+
+def _tiff_spacing(tif) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) from OME or ImageJ metadata, 1 where absent."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            root = None
+        if root is not None:
+            for el in root.iter():
+                if el.tag.endswith("Pixels"):
+                    return _clean_spacing([el.get(f"PhysicalSize{a}", "nan") for a in "ZYX"])
+    if tif.is_imagej:
+        meta = tif.imagej_metadata or {}
+        page = tif.pages[0]
+
+        def size(tag: str) -> float:
+            t = page.tags.get(tag)
+            try:
+                num, den = t.value
+                return den / num
+            except (AttributeError, TypeError, ValueError, ZeroDivisionError):
+                return 1.0
+
+        return _clean_spacing([meta.get("spacing", 1.0), size("YResolution"), size("XResolution")])
+    return (1.0, 1.0, 1.0)
+
+
+def _read_tiff(path: Path) -> _Raw:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        data = series.asarray()
+        axes = series.axes
+        spacing = _tiff_spacing(tif)
+    if data.ndim == 3 and len(axes) == 3 and axes[-1] in "SC":
+        raise VolumeError(f"{path}: is a 2D image with {data.shape[-1]} colour channels (axes {axes}), not a "
+                          "volume; save a Z, Y, X stack")
+    channel_axis = 0
+    if data.ndim == 4 and len(axes) == 4:
+        other = [i for i, a in enumerate(axes) if a not in "ZYX"]
+        channel_axis = other[0] if other else 0
+    return _Raw(_channels_first(data, path, channel_axis), _diag_affine(spacing), None, spacing)
+
+
+def _read_mrc(path: Path) -> _Raw:
+    import mrcfile
+
+    with mrcfile.open(str(path), mode="r", permissive=False) as mrc:
+        data = np.array(mrc.data)
+        vs = mrc.voxel_size
+        header = mrc.header.copy()
+    spacing = _clean_spacing([vs.z, vs.y, vs.x])
+    return _Raw(_channels_first(data, path, 0), _diag_affine(spacing), header, spacing)
+
+
+_READERS = {".npy": _read_npy, ".nii": _read_nifti, ".nii.gz": _read_nifti, ".tif": _read_tiff,
+            ".tiff": _read_tiff, ".mrc": _read_mrc, ".rec": _read_mrc, ".map": _read_mrc}
+
+
+def _load(path: Path) -> _Raw:
+    """Read one file as it is stored (no value checks); every failure becomes a VolumeError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+    suffix = volume_suffix(path)
+    if not suffix:
+        raise _unknown_format(path)
     try:
-        if path.name.endswith(".npy"):
-            data = np.load(path, allow_pickle=False)  # 4D arrays are channels-first already
-            affine, header = np.eye(4), None
-        elif path.name.endswith((".nii", ".nii.gz")):
-            img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
-            affine, header = img.affine, img.header
-            if data.ndim == 4:
-                data = np.moveaxis(data, -1, 0)
-        else:
-            raise ValueError(f"{path}: unknown volume format; use one of {', '.join(SUFFIXES)}")
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
-        if "unknown volume format" in str(err):
-            raise
-        raise ValueError(f"{path}: cannot be read ({err}); is the file complete?") from err
-    if data.ndim == 3:
-        data = data[None]
-    if data.ndim != 4:
-        raise ValueError(f"{path}: expected a 3D volume (or 4D with channels), got shape {data.shape}")
-    data = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():
-        raise ValueError(f"{path}: contains NaN or Inf voxels; replace them before segmenting")
-    return Volume(array=data, affine=np.asarray(affine, dtype=np.float64), header=header, path=path)
+        with warnings.catch_warnings():
+            # readers warn about odd but readable headers; the checks below decide what is usable
+            warnings.simplefilter("ignore")
+            raw = _READERS[suffix](path)
+    except VolumeError:
+        raise
+    except MemoryError as err:
+        raise VolumeError(f"{path}: too large to read into memory ({err}); crop or downsample it") from err
+    except Exception as err:
+        msg = " ".join(str(err).split())[:200] or type(err).__name__
+        raise VolumeError(f"{path}: cannot be read as {suffix} ({msg}); is the file complete and of this "
+                          "format?") from err
+    if raw.data.dtype.kind == "c":
+        raise VolumeError(f"{path}: has complex voxels ({raw.data.dtype}); save the magnitude or the real part")
+    if raw.data.dtype.kind not in "biuf":
+        raise VolumeError(f"{path}: unsupported voxel type {raw.data.dtype}; save numbers (ints or floats)")
+    if raw.data.size == 0:
+        raise VolumeError(f"{path}: is empty (shape {tuple(raw.data.shape)}); give a volume with voxels")
+    return raw
 
 
-def write_label_map(path: str | Path, labels: np.ndarray, like: Volume) -> Path:
-    """Write a uint8 label map ``(D, H, W)`` on ``like``'s grid, atomically.
+def _to_float32(data: np.ndarray) -> np.ndarray:
+    """Cast to float32; values beyond float32's range become +-inf (caught by the finiteness check)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.asarray(data, dtype=np.float32)
 
-    The output format follows ``path``'s suffix (NIfTI or ``.npy``); NIfTI keeps
-    ``like``'s affine and header (data type set to uint8, no intensity scaling).
+
+def check_array(array: np.ndarray, name: str, nan_policy: str = "error") -> np.ndarray:
+    """Check a ``(C, D, H, W)`` volume's values; return it as float32 (NaN/Inf filled if asked).
+
+    Raises :class:`VolumeError` (message starting with ``name``) for NaN/Inf
+    voxels under ``nan_policy="error"``, a channel with no finite voxel, and a
+    constant volume. ``"fill"`` replaces NaN/Inf by the median of the
+    channel's finite voxels.
     """
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    x = _to_float32(array)
+    if x.ndim != 4 or x.size == 0:
+        raise VolumeError(f"{name}: expected a non-empty (C, D, H, W) volume, got shape {tuple(x.shape)}")
+    finite = np.isfinite(x)
+    if not finite.all():
+        if nan_policy == "error":
+            raise VolumeError(f"{name}: has {int((~finite).sum())} NaN or Inf voxels (or values too large "
+                              "for float32); fix them or use nan policy 'fill' to replace them")
+        x = x.copy() if x is array else x
+        for c in range(x.shape[0]):
+            ok = finite[c]
+            if not ok.any():
+                raise VolumeError(f"{name}: channel {c} has no finite voxel; remove or fix that channel")
+            x[c][~ok] = np.median(x[c][ok])
+    if float(x.max()) == float(x.min()):
+        raise VolumeError(f"{name}: is constant (every voxel is {float(x.flat[0]):g}): nothing to segment; "
+                          "check that this is the right file")
+    return x
+
+
+def _channel_index(path: Path, case: str) -> int | None:
+    m = CHANNEL_RE.match(case_name(path))
+    return int(m["channel"]) if m and m["case"] == case else None
+
+
+def read_case(case: Case, nan_policy: str = "error") -> Volume:
+    """Read a case as a float32 ``(C, D, H, W)`` :class:`Volume` with the first file's geometry.
+
+    nnU-Net channel files must be channels ``0..C-1`` without gaps, 3D, and of
+    one spatial shape. ``nan_policy``: ``"error"`` (NaN/Inf voxels raise
+    :class:`VolumeError`) or ``"fill"`` (replaced by the channel's median).
+    """
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    if not case.files:
+        raise VolumeError(f"{case.name}: the case has no files; give at least one volume file")
+    files = [Path(f) for f in case.files]
+    first = files[0]
+    found = [_channel_index(f, case.name) for f in files]
+    indices = [i for i in found if i is not None]
+    if len(indices) == len(files) and (len(files) > 1 or case.name != case_name(first)):
+        missing = sorted(set(range(max(indices) + 1)) - set(indices))
+        if missing:
+            gone = first.with_name(f"{case.name}_{missing[0]:04d}{volume_suffix(first)}")
+            raise VolumeError(f"{gone}: channel {missing[0]} of case {case.name} is missing (found channels "
+                              f"{sorted(indices)}); add it or remove the case's other channel files")
+    raws = [_load(f) for f in files]
+    if len(raws) == 1:
+        data = raws[0].data
+    else:
+        shape = raws[0].data.shape[1:]
+        for f, r in zip(files, raws):
+            if r.data.shape[0] != 1:
+                raise VolumeError(f"{f}: a channel file must hold one 3D volume, got {r.data.shape[0]} "
+                                  "channels; split it into one file per channel")
+            if r.data.shape[1:] != shape:
+                raise VolumeError(f"{f}: channel shape {tuple(r.data.shape[1:])} differs from "
+                                  f"{first.name}'s {tuple(shape)}; resample the channels onto one grid")
+        data = np.concatenate([_to_float32(r.data) for r in raws])
+    array = check_array(data, str(first) if len(files) == 1 else f"{first} (case {case.name})", nan_policy)
+    raw = raws[0]
+    return Volume(array=array, affine=raw.affine, header=raw.header, path=first, spacing=raw.spacing,
+                  fmt=volume_suffix(first), case=case.name)
+
+
+def read_volume(path: str | Path, nan_policy: str = "error") -> Volume:
+    """Read one file (3D, or 4D with channels) as a float32 ``(C, D, H, W)`` :class:`Volume`."""
     path = Path(path)
-    labels = np.asarray(labels)
-    if labels.shape != like.spatial_shape:
-        raise ValueError(f"label map shape {labels.shape} does not match the input {like.spatial_shape}")
-    if labels.max(initial=0) > 255:
-        raise ValueError("more than 256 labels cannot be stored as uint8")
-    labels = labels.astype(np.uint8)
-
-    def write(tmp: Path) -> None:
-        if path.name.endswith(".npy"):
-            with open(tmp, "wb") as fh:
-                np.save(fh, labels)
-            return
-        header = like.header.copy() if isinstance(like.header, nib.Nifti1Header) else None
-        img = nib.Nifti1Image(labels, like.affine, header=header)
-        img.set_data_dtype(np.uint8)
-        img.header.set_slope_inter(1, 0)
-        nib.save(img, str(tmp))
-
-    atomic_write(path, write)
-    return path
+    return read_case(Case(case_name(path), [path]), nan_policy=nan_policy)
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read an integer label map as int64 ``(D, H, W)``."""
-    vol = read_volume(path)
-    return np.rint(vol.array[0]).astype(np.int64)
+    """Read an integer label map as int64 ``(D, H, W)`` (a constant map is allowed)."""
+    raw = _load(Path(path))
+    if raw.data.shape[0] != 1:
+        raise VolumeError(f"{path}: a label map must be 3D, got {raw.data.shape[0]} channels; give one map")
+    data = _to_float32(raw.data[0])
+    if not np.isfinite(data).all():
+        raise VolumeError(f"{path}: label map has NaN or Inf voxels; labels must be integers")
+    return np.rint(data).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+
+def write_label_map(path: str | Path, labels: np.ndarray, like: Volume) -> Path:
+    """Write an integer label map ``(D, H, W)`` on ``like``'s grid as uint8, atomically.
+
+    The format follows ``path``'s suffix: NIfTI keeps ``like``'s affine and
+    header (data type uint8, no intensity scaling); TIFF (ImageJ) and MRC
+    keep its voxel size (and MRC its origin); ``.npy`` holds the array only.
+    """
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{path}: cannot write label maps in this format; use one of {', '.join(OUTPUT_SUFFIXES)}")
+    labels = np.asarray(labels)
+    if labels.shape != like.spatial_shape:
+        raise ValueError(f"{path}: label map shape {labels.shape} does not match the input {like.spatial_shape}")
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"{path}: labels must lie in 0..255 to be stored as uint8")
+    labels = labels.astype(np.uint8)
+    sd, sh, sw = like.spacing  # type: ignore[misc]
+
+    def write(tmp: Path) -> None:
+        if suffix == ".npy":
+            with open(tmp, "wb") as fh:
+                np.save(fh, labels)
+        elif suffix in (".nii", ".nii.gz"):
+            header = like.header if isinstance(like.header, nib.Nifti1Header) else None
+            cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+            img = cls(labels, like.affine, header=header.copy() if header is not None else None)
+            img.set_data_dtype(np.uint8)
+            img.header.set_slope_inter(1, 0)
+            nib.save(img, str(tmp))
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            tifffile.imwrite(tmp, labels, imagej=True, photometric="minisblack", resolution=(1.0 / sw, 1.0 / sh),
+                             metadata={"spacing": sd, "axes": "ZYX"})
+        else:
+            import mrcfile
+
+            with mrcfile.new(str(tmp), overwrite=True) as mrc:
+                mrc.set_data(labels)
+                mrc.voxel_size = (sw, sh, sd)  # mrcfile's order is (x, y, z)
+                origin = getattr(like.header, "origin", None) if like.header is not None else None
+                if origin is not None and getattr(like.header, "dtype", None) is not None \
+                        and "origin" in like.header.dtype.names:
+                    mrc.header.origin = origin
+
+    atomic_write(path, write)
+    return path

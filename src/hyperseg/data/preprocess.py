@@ -1,10 +1,46 @@
-"""Intensity normalisation applied identically at training and segmentation time."""
+"""Intensity normalisation, applied identically at training and segmentation time.
+
+:func:`normalize_for` is *the* function both :func:`hyperseg.train.prepare_volumes`
+and :func:`hyperseg.segment.segment_array` call. With ``cfg.normalize`` on
+(the default) it normalises each channel ``c`` of a ``(C, D, H, W)`` volume
+robustly, with statistics taken inside a foreground mask ``M``:
+
+1. ``lo_c, hi_c`` = the ``clip_percentiles`` (default 0.5 and 99.5) of
+   channel ``c`` over ``M``; voxels in ``M`` are clipped to ``[lo_c, hi_c]``
+   (outliers inside the object no longer set the scale). Voxels outside
+   ``M`` are not clipped, so a background stays distinct from the object.
+2. ``x_c <- (x_c - mean_c) / std_c`` with the mean and standard deviation of
+   the clipped voxels in ``M``; a channel with ``std_c < MIN_STD`` is only
+   centred. The result is clipped to ``[-Z_MAX, Z_MAX]`` so that far
+   outliers outside ``M`` stay finite in float32.
+
+The mask ``M`` (shared by all channels) is given as a boolean ``(D, H, W)``
+array, or computed (``normalize_mask: auto``): the voxels whose channel
+mean is above its minimum, i.e. everything but the flat floor that
+skull-stripped, masked or zero-padded scans have around the object. When
+that floor covers less than :data:`MIN_BACKGROUND` of the voxels (noisy data
+have no floor) or leaves less than :data:`MIN_FOREGROUND` of them, all
+voxels are used; ``normalize_mask: none`` always uses all voxels.
+"""
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from ..config import Config
+
 #: Channels whose standard deviation is below this are only centred, not scaled.
 MIN_STD = 1e-8
+#: Smallest fraction of voxels a computed foreground mask may keep before all voxels are used.
+MIN_FOREGROUND = 0.01
+#: Smallest fraction of voxels at the minimum that counts as a flat background floor.
+MIN_BACKGROUND = 0.01
+#: Normalised values are clipped to +-Z_MAX: far outliers outside the mask stay finite in float32.
+Z_MAX = 1e4
+MASK_MODES = ("auto", "none")
 
 
 def zscore(array: np.ndarray) -> np.ndarray:
@@ -15,3 +51,80 @@ def zscore(array: np.ndarray) -> np.ndarray:
     std = x.std(axis=axes, keepdims=True, dtype=np.float64)
     std = np.where(std < MIN_STD, 1.0, std)
     return ((x - mean) / std).astype(np.float32)
+
+
+def foreground_mask(array: np.ndarray) -> np.ndarray | None:
+    """Computed foreground of ``(C, D, H, W)``: boolean ``(D, H, W)``, or ``None`` for "all voxels".
+
+    The voxels whose channel mean lies above its minimum (see the module
+    docstring); ``None`` when that keeps less than :data:`MIN_FOREGROUND` of
+    the voxels or drops less than :data:`MIN_BACKGROUND` of them.
+    """
+    mean = np.asarray(array, dtype=np.float32).mean(axis=0, dtype=np.float64)
+    mask = mean > mean.min()
+    kept = int(mask.sum())
+    if kept < MIN_FOREGROUND * mask.size or mask.size - kept < MIN_BACKGROUND * mask.size:
+        return None
+    return mask
+
+
+def normalize(
+    array: np.ndarray,
+    clip_percentiles: Sequence[float] | None = (0.5, 99.5),
+    mask: np.ndarray | str | None = "auto",
+) -> np.ndarray:
+    """Robust per-channel normalisation of ``(C, D, H, W)``; returns float32 ``(C, D, H, W)``.
+
+    ``clip_percentiles``: ``(lo, hi)`` in percent, or ``None`` for no clipping.
+    ``mask``: boolean ``(D, H, W)`` foreground, ``"auto"`` (computed with
+    :func:`foreground_mask`), or ``"none"``/``None`` (all voxels). An empty
+    given mask falls back to all voxels. The input must be finite.
+    """
+    x = np.asarray(array)
+    if x.ndim != 4:
+        raise ValueError(f"expected a (C, D, H, W) volume, got shape {x.shape}")
+    if isinstance(mask, str):
+        if mask not in MASK_MODES:
+            raise ValueError(f"mask must be a boolean array or one of {MASK_MODES}, got {mask!r}")
+        m = foreground_mask(x) if mask == "auto" else None
+    elif mask is None:
+        m = None
+    else:
+        m = np.asarray(mask).astype(bool)
+        if m.shape != x.shape[1:]:
+            raise ValueError(f"foreground mask shape {m.shape} does not match the volume {x.shape[1:]}")
+        if not m.any() or m.all():
+            m = None
+    out = np.empty(x.shape, dtype=np.float32)
+    for c in range(x.shape[0]):
+        ch = x[c].astype(np.float64)
+        vals = ch[m] if m is not None else ch.reshape(-1)
+        if clip_percentiles is not None:
+            lo, hi = np.percentile(vals, [float(clip_percentiles[0]), float(clip_percentiles[1])])
+            vals = np.clip(vals, lo, hi)
+            if m is None:
+                ch = vals.reshape(ch.shape)
+            else:
+                ch[m] = vals
+        mean = vals.mean()
+        std = vals.std()
+        ch -= mean
+        if std >= MIN_STD:
+            ch /= std
+        np.clip(ch, -Z_MAX, Z_MAX, out=ch)
+        out[c] = ch
+    return out
+
+
+def normalize_for(cfg: Config, array: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """What a model configured by ``cfg`` sees of ``array`` ``(C, D, H, W)``: float32, same shape.
+
+    The one normalisation of training and segmentation: :func:`normalize`
+    with ``cfg.clip_percentiles`` and ``mask`` (a boolean ``(D, H, W)``
+    foreground) or else ``cfg.normalize_mask``; a plain float32 copy when
+    ``cfg.normalize`` is off.
+    """
+    if not cfg.normalize:
+        return np.array(array, dtype=np.float32)
+    return normalize(array, clip_percentiles=cfg.clip_percentiles,
+                     mask=mask if mask is not None else cfg.normalize_mask)

@@ -1,0 +1,157 @@
+"""Segmenting one BraTS-sized four-channel volume: wall time, peak memory, time per stage.
+
+    python benchmarks/bench_large.py [--shape 240 240 155] [--channels 4] [--levels 2 3 4]
+                                     [--patch-edges 10 5] [--tiles 64 32] [--train-steps 10]
+
+A synthetic ``C x 240 x 240 x 155`` volume (a smooth "head" ellipsoid in a
+zero background holding smooth blobs whose contrast differs per channel,
+plus noise) is segmented with :func:`hyperseg.pipeline.segment_volume` by a
+default-architecture model with ``in_channels = C`` (random initialisation
+plus ``--train-steps`` optimiser steps: this measures speed, not quality).
+Each inference patch edge ``p`` runs in its own subprocess, so that its peak
+resident memory (``ru_maxrss``) is its own. Stage times come from timers
+wrapped around the pipeline's functions: normalise, embed (tiled dense
+pass), k-means fit (Lloyd iterations on the ``kmeans_sample`` voxels, summed
+over levels) and assign (every voxel to its centroid, summed over levels).
+Prints a Markdown snippet with the command, the machine and the date. The
+issue's bar: under 5 minutes and under 6 GB on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_volume(shape: tuple[int, int, int], channels: int, seed: int = 0) -> np.ndarray:
+    """``(C, D, H, W)`` float32: smooth structures of per-channel contrast in a head-like ellipsoid, plus noise."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    centre = [n / 2 for n in shape]
+    head = sum(((g - c) / (0.45 * n)) ** 2 for g, c, n in zip(grid, centre, shape)) < 1
+    labels = np.zeros(shape, np.int8)
+    labels[head] = 1
+    for k in range(2, 6):  # four kinds of blob, a few of each
+        for _ in range(3):
+            c = [rng.uniform(0.3, 0.7) * n for n in shape]
+            r = [rng.uniform(0.05, 0.12) * n for n in shape]
+            blob = sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grid, c, r)) < 1
+            labels[blob & head] = k
+    out = np.zeros((channels, *shape), np.float32)
+    for ch in range(channels):
+        level = rng.uniform(0.2, 1.0, size=6)
+        level[0] = 0.0
+        img = gaussian_filter(level[labels].astype(np.float32), sigma=1.5)
+        img += 0.05 * rng.standard_normal(shape).astype(np.float32)
+        out[ch] = np.where(head, 1000 * img, 0)
+    return out
+
+
+def timed(store: dict[str, float], key: str, fn):
+    """``fn`` wrapped so that its wall time is added to ``store[key]``."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            store[key] = store.get(key, 0.0) + time.perf_counter() - t
+    return wrapper
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One patch edge, in this process: build, train briefly, segment, measure."""
+    import torch
+
+    from hyperseg import cluster, pipeline, segment
+    from hyperseg.config import Config
+    from hyperseg.data.io import Volume
+    from hyperseg.train import train
+
+    shape = tuple(args.shape)
+    vol = synthetic_volume(shape, args.channels, args.seed)
+    cfg = Config(in_channels=args.channels, embed_patch_edge=args.patch_edge,
+                 embed_tile=args.tile or Config().embed_tile, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = train(cfg, [vol], tmp, steps=args.train_steps, progress=False)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stages: dict[str, float] = {}
+    segment.normalize_for = timed(stages, "normalise", segment.normalize_for)
+    segment.embed_volume = timed(stages, "embed", segment.embed_volume)
+    pipeline.resample_image = timed(stages, "resample", pipeline.resample_image)
+    lloyd = cluster._LloydKMeans._lloyd
+    cluster._LloydKMeans._lloyd = timed(stages, "kmeans fit", lloyd)
+    cluster._LloydKMeans._fit = timed(stages, "_fit", cluster._LloydKMeans._fit)
+    volume = Volume(array=vol, spacing=(1.0, 1.0, 1.0))
+    t = time.perf_counter()
+    seg = pipeline.segment_volume(model, volume, args.levels, seed=args.seed)
+    wall = time.perf_counter() - t
+    stages["assign"] = stages.pop("_fit") - stages["kmeans fit"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    assert all(lab.shape == shape for lab in seg.labels.values())
+    return {"patch_edge": args.patch_edge, "tile": cfg.embed_tile, "wall_s": wall,
+            "peak_rss_gib": peak / 2**20, "rss_before_segment_gib": rss_before / 2**20,
+            "stages": stages, "threads": torch.get_num_threads(),
+            "clusters_used": {k: len(np.unique(v)) for k, v in seg.labels.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155])
+    ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--levels", type=int, nargs="+", default=[2, 3, 4])
+    ap.add_argument("--patch-edges", type=int, nargs="+", default=[10, 5])
+    ap.add_argument("--tiles", type=int, nargs="+", default=[64, 32],
+                    help="embed_tile for each patch edge (0: the configuration's default)")
+    ap.add_argument("--tile", type=int, help=argparse.SUPPRESS)  # set in the subprocess
+    ap.add_argument("--train-steps", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--patch-edge", type=int, help=argparse.SUPPRESS)  # set in the subprocess
+    args = ap.parse_args()
+    if args.patch_edge is not None:
+        print(json.dumps(run_one(args)))
+        return
+    import torch
+
+    rows = []
+    if len(args.tiles) != len(args.patch_edges):
+        ap.error("give one --tiles value per --patch-edges value")
+    for p, tile in zip(args.patch_edges, args.tiles):
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--patch-edge", str(p),
+               "--tile", str(tile)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    load = os.getloadavg()
+    print(f"Command: `{' '.join(['python', f'benchmarks/{Path(__file__).name}', *sys.argv[1:]])}`\n")
+    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__} "
+          f"({rows[0]['threads']} threads); date {datetime.date.today()}; load average at the end "
+          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n")
+    print(f"Volume {args.channels} x {' x '.join(map(str, args.shape))} "
+          f"({np.prod(args.shape) / 1e6:.1f} M voxels), levels {args.levels}, default architecture, "
+          f"{args.train_steps} training steps. Bar: < 300 s and < 6 GB.\n")
+    names = ["normalise", "resample", "embed", "kmeans fit", "assign"]
+    print("| embed patch edge p | tile | wall (s) | peak RSS (GiB) | " + " | ".join(f"{n} (s)" for n in names)
+          + " | meets bar |")
+    print("|---" * (len(names) + 5) + "|")
+    for r in rows:
+        ok = r["wall_s"] < 300 and r["peak_rss_gib"] * 2**30 < 6e9
+        st = " | ".join(f"{r['stages'].get(n, 0.0):.1f}" for n in names)
+        print(f"| {r['patch_edge']} | {r['tile']} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | {st} | "
+              f"{'yes' if ok else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
