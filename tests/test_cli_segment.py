@@ -92,6 +92,17 @@ def test_one_label_map_per_level_plus_embeddings_and_report(run, tmp_path):
     assert (out / "b_report.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_nested_levels_from_the_command_line(run, tmp_path):
+    src, out = tmp_path / "a.npy", tmp_path / "out"
+    np.save(src, blob((12, 10, 8), 4))
+    assert segment(run, src, out, "--levels", "2", "4", "--hierarchy", "divisive", "--clustering", "kmeans") == 0
+    coarse, fine = np.load(out / "a_k2.npy"), np.load(out / "a_k4.npy")
+    for f in np.unique(fine):  # every fine cluster inside one coarse cluster
+        assert len(np.unique(coarse[fine == f])) == 1
+    assert segment(run, src, tmp_path / "mix", "--levels", "2", "--clustering", "mixture") == 0
+    assert np.load(tmp_path / "mix" / "a_k2.npy").max() <= 1
+
+
 def test_default_levels_come_from_the_model_and_the_format_can_be_overridden(run, tmp_path):
     src, out = tmp_path / "b.nii.gz", tmp_path / "out"
     nib.save(nib.Nifti1Image(blob((10, 9, 8), 3), np.eye(4)), str(src))

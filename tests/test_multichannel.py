@@ -28,7 +28,6 @@ def write_case(folder, name, seed, affine):
         nib.save(nib.Nifti1Image(img, affine), str(folder / f"{name}_{c:04d}.nii.gz"))
 
 
-@pytest.mark.xfail(reason="waiting for the CLI to use find_cases", strict=False)
 def test_four_channel_nnunet_case_trains_and_segments(tmp_path):
     data = tmp_path / "imagesTr"
     data.mkdir()

@@ -72,6 +72,11 @@ def add_parser(sub) -> None:
     p.add_argument("--patch-edge", type=int,
                    help="edge of the patch embedded around each voxel (default: the configuration's, 5)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--hierarchy", choices=["independent", "divisive", "agglomerative"],
+                   help="independent k-means per level (the paper; default), or nested levels: every cluster "
+                        "of a finer level inside one of each coarser level")
+    p.add_argument("--clustering", choices=["kmeans", "mixture"],
+                   help="hyperbolic k-means (the paper; default) or a mixture with a scale per cluster")
     p.add_argument("--output-format", type=_output_format, metavar="{" + ",".join(OUTPUT_FORMATS) + "}",
                    help="format of the label maps (default: the input's format)")
     p.add_argument("--mask", type=Path, help="foreground mask for intensity normalisation: one file for every "
@@ -119,6 +124,8 @@ class SegmentJob:
     output: Path
     levels: list[int]
     patch_edge: int | None = None
+    hierarchy: str | None = None
+    clustering: str | None = None
     seed: int = 0
     output_format: str | None = None
     nan_policy: str = "error"
@@ -165,6 +172,10 @@ class SegmentJob:
         model = load_model(self.model, device)
         if self.patch_edge:
             model.cfg = model.cfg.replace(embed_patch_edge=self.patch_edge)
+        if self.hierarchy:
+            model.cfg = model.cfg.replace(hierarchy=self.hierarchy)
+        if self.clustering:
+            model.cfg = model.cfg.replace(clustering=self.clustering)
         mask_files = mask = None
         if self.mask is not None:
             if self.mask.is_dir():
@@ -333,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
                         "read as cases next time; choose another -o folder")
     _prepare_output(args.output)
     job = SegmentJob(model=args.model, output=args.output, levels=levels, patch_edge=args.patch_edge,
+                     hierarchy=args.hierarchy, clustering=args.clustering,
                      seed=args.seed, output_format=args.output_format, nan_policy=args.nan_policy,
                      mask=args.mask, save_embeddings=args.save_embeddings, report=args.report,
                      skip_existing=args.skip_existing, device=args.device, progress=False)

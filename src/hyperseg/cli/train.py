@@ -24,8 +24,10 @@ COMMAND_ENV = "HYPERSEG_COMMAND"
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on a volume or a folder of volumes")
-    p.add_argument("-i", "--input", type=Path, help="volume file or folder (.nii, .nii.gz, .npy); "
-                   "with --resume, defaults to the run's input")
+    p.add_argument("-i", "--input", type=Path, help="volume file or folder (.nii, .nii.gz, .tif, .mrc, .npy; "
+                   "nnU-Net channel files {case}_0000... are grouped); with --resume, defaults to the run's input")
+    p.add_argument("--nan-policy", choices=["error", "fill"], default="error",
+                   help="NaN/Inf voxels: stop with an error, or fill them with the channel median")
     p.add_argument("-o", "--output", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN",
                    help="continue the run in RUN from its last checkpoint (appends to its log)")
@@ -41,11 +43,12 @@ def add_parser(sub) -> None:
     add_common(p)
 
 
-def _load_arrays(path: Path, quiet: bool) -> list:
-    from ..data.io import find_volumes, read_volume
+def _load_arrays(path: Path, quiet: bool, nan_policy: str = "error") -> list:
+    """Every case under ``path`` (a file, or a folder incl. nnU-Net channel files) as ``(C, D, H, W)``."""
+    from ..data.io import find_cases, read_case
 
-    files = find_volumes(path)
-    return [read_volume(f).array for f in tqdm(files, desc="read", disable=quiet, leave=False)]
+    cases = find_cases(path)
+    return [read_case(c, nan_policy=nan_policy).array for c in tqdm(cases, desc="read", disable=quiet, leave=False)]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -76,7 +79,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
                         ("--seed", args.seed)):
         if value is not None:
             out += [flag, str(value)]
-    out += ["--device", args.device] + (["-q"] if args.quiet else [])
+    out += ["--device", args.device, "--nan-policy", args.nan_policy] + (["-q"] if args.quiet else [])
     return out
 
 
@@ -162,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         arrays: list = []
 
         def n_channels_of(path: Path) -> int:
-            arrays[:] = _load_arrays(path, args.quiet or not world.is_main)
+            arrays[:] = _load_arrays(path, args.quiet or not world.is_main, args.nan_policy)
             channels = {a.shape[0] for a in arrays}
             if len(channels) != 1:
                 raise UserError(f"{path}: volumes have different numbers of channels {sorted(channels)}")
