@@ -240,3 +240,55 @@ def test_threads_are_shared_between_processes():
     assert threads_per_process(2, cpus=16) == 8
     assert threads_per_process(3, cpus=16) == 5
     assert threads_per_process(32, cpus=16) == 1
+
+
+# -- a round trip per format: the label map lies on the input's grid ----------------------------
+def _asymmetric_volume() -> np.ndarray:
+    """A (12, 10, 8) volume with a bright box off-centre: a transposed or flipped map cannot match."""
+    rng = np.random.default_rng(5)
+    truth = np.zeros((12, 10, 8), dtype=np.float32)
+    truth[1:6, 0:4, 3:8] = 1
+    return (rng.normal(size=truth.shape) * 0.3 + 4.0 * truth).astype(np.float32)
+
+
+def _write_input(path, array):
+    """Write ``array`` (D, H, W) with a non-trivial geometry (voxel size 0.7) in the format of ``path``."""
+    name = path.name
+    if name.endswith((".nii", ".nii.gz")):  # axes permuted and flipped in world space
+        affine = np.array([[0, 0, -0.7, 10], [0, 0.7, 0, -3], [0.7, 0, 0, 2], [0, 0, 0, 1]], dtype=float)
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+    elif name.endswith(".tif"):
+        import tifffile
+
+        tifffile.imwrite(path, array, imagej=True, resolution=(1 / 0.7, 1 / 0.7), metadata={"spacing": 0.7})
+    elif name.endswith(".mrc"):
+        import mrcfile
+
+        with mrcfile.new(path) as m:
+            m.set_data(array)
+            m.voxel_size = 0.7
+    else:
+        np.save(path, array)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".tif", ".mrc"])
+def test_segmenting_a_file_keeps_its_shape_geometry_and_orientation(run, tmp_path, suffix):
+    """Same voxels in any format give the same label map, written back with the input's geometry."""
+    from hyperseg.data.io import read_volume
+
+    image = _asymmetric_volume()
+    np.save(tmp_path / "ref.npy", image)
+    assert segment(run, tmp_path / "ref.npy", tmp_path / "ref", "--levels", "3") == 0
+    reference = np.load(tmp_path / "ref" / "ref_k3.npy")
+    assert len(np.unique(reference)) == 3
+    src = tmp_path / f"vol{suffix}"
+    _write_input(src, image)
+    assert segment(run, src, tmp_path / "out", "--levels", "3") == 0
+    out = tmp_path / "out" / f"vol_k3{suffix}"
+    assert names(tmp_path / "out") == [out.name]
+    vin, vout = read_volume(src), read_volume(out)
+    assert vout.spatial_shape == vin.spatial_shape == image.shape
+    np.testing.assert_allclose(vout.affine, vin.affine)
+    np.testing.assert_allclose(vout.spacing, vin.spacing)
+    np.testing.assert_allclose(vin.spacing, [0.7, 0.7, 0.7], rtol=1e-5)
+    np.testing.assert_array_equal(read_labels(out), reference)  # nothing transposed or flipped
