@@ -15,23 +15,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from hyperseg.cli import main
 
-TINY_CONFIG = """\
-encoder_channels: [4, 4, 4, 4]
-decoder_channels: [4, 4, 4, 4]
-hidden: 8
-gyro_channels: 8
-n_samples: 2
-batch_size: 4
-checkpoint_every: 2
-kmeans_n_init: 1
-levels: [2, 3]
-"""
+TINY_CONFIG = tiny_yaml(checkpoint_every=2, levels="[2, 3]")
 SHAPE = (10, 9, 8)
 
 

@@ -4,19 +4,11 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import tiny_yaml
 
 from hyperseg.cli import main
 
-TINY_CONFIG = """\
-encoder_channels: [4, 4, 4, 4]
-decoder_channels: [4, 4, 4, 4]
-hidden: 8
-gyro_channels: 8
-n_samples: 2
-batch_size: 4
-checkpoint_every: 2
-kmeans_n_init: 1
-"""
+TINY_CONFIG = tiny_yaml(checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,13 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import tiny_yaml
 
 from hyperseg.cli import main
 from hyperseg.cli.workers import rank_info, run_spawned, shard, threads_per_process
 from hyperseg.data.io import read_labels
 
-TINY_CONFIG = """\
-encoder_channels: [4, 4, 4, 4]
-decoder_channels: [4, 4, 4, 4]
-hidden: 8
-gyro_channels: 8
-n_samples: 2
-batch_size: 4
-checkpoint_every: 2
-kmeans_n_init: 1
-levels: [2, 3]
-"""
+TINY_CONFIG = tiny_yaml(checkpoint_every=2, levels="[2, 3]")
 
 
 def blob(shape, seed, channels=None):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY
 
 from hyperseg import distributed
 from hyperseg.cli import main
@@ -20,17 +21,9 @@ from hyperseg.config import Config
 from hyperseg.data.synthetic import generate_volume
 from hyperseg.train import load_model, read_checkpoint, read_log
 
-TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
-            n_samples=2, batch_size=4, kmeans_n_init=1)
 STEPS = 20
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and a busy 2-core machine loses much."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -3,7 +3,14 @@ import itertools
 import numpy as np
 import pytest
 
-from hyperseg.metrics import confusion_matrix, dice_iou, match_clusters, mean_dice, mean_iou, summarise
+from hyperseg.metrics import (
+    confusion_matrix,
+    dice_iou,
+    match_clusters,
+    mean_dice,
+    mean_iou,
+    summarise,
+)
 
 
 def naive_dice_iou_matrices(pred, target):

@@ -6,6 +6,7 @@ import geoopt
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from hyperseg.cluster import HyperbolicKMeans, frechet_mean
 from hyperseg.config import Config
@@ -15,17 +16,10 @@ from hyperseg.model import HyperVAE
 from hyperseg.nn.gyroplane import GyroplaneConv3d
 from hyperseg.train import read_checkpoint, read_log, train
 
-TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
-            n_samples=2, batch_size=4, kmeans_n_init=1, checkpoint_every=100)
+TINY = {**TINY, "checkpoint_every": 100}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and a busy 2-core machine loses much."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from hyperseg.data.resample import is_isotropic, isotropic_shape, resample_image, resample_nearest
+from hyperseg.data.resample import (
+    is_isotropic,
+    isotropic_shape,
+    resample_image,
+    resample_nearest,
+)
 
 
 def test_isotropic_shape_uses_the_finest_spacing():

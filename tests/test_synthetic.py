@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from hyperseg.data.synthetic import LEVEL_CLASSES, generate_volume, pink_noise, write_benchmark
+from hyperseg.data.synthetic import (
+    LEVEL_CLASSES,
+    generate_volume,
+    pink_noise,
+    write_benchmark,
+)
 
 N_CLASSES = {1: 2, 2: 4, 3: 6}
 

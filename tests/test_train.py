@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from hyperseg import distributed
 from hyperseg.config import Config
@@ -19,17 +20,7 @@ from hyperseg.train import (
     train,
 )
 
-TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
-            n_samples=2, batch_size=4, kmeans_n_init=1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: the tiny models gain nothing from more, and a busy 2-core machine loses much."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_rank_0_keeps_the_seed_and_other_ranks_get_distinct_ones():

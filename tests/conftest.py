@@ -1,0 +1,23 @@
+"""Shared pieces of the test suite: a tiny model configuration and a one-thread fixture."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+#: Configuration fields of a model small enough to train a few steps in well under a second.
+TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
+            n_samples=2, batch_size=4, kmeans_n_init=1)
+
+
+def tiny_yaml(**extra) -> str:
+    """``TINY`` (plus ``extra`` fields) as the YAML that ``hyperseg train --config`` reads."""
+    return "".join(f"{k}: {v}\n" for k, v in {**TINY, **extra}.items())
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and a busy 2-core machine loses much."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
