@@ -62,3 +62,29 @@ def test_resampled_dense_close_to_per_patch_inside():
     dense = embed_volume(model, vol)
     ref = embed_patches(model, vol).double()
     assert (dense - ref).abs().max() < 0.05 * ref.abs().max() + 1e-6
+
+
+@pytest.mark.parametrize("patch_edge", [3, 2])  # resampling by 2 and by 3: starts on a lattice
+@pytest.mark.parametrize("tile", [1, 3, 32])
+def test_strided_last_layer_gives_the_full_dense_result(patch_edge, tile):
+    """Running the last layer only at the window starts changes nothing but the work done."""
+    torch.manual_seed(3)
+    cfg = Config(embed_patch_edge=patch_edge, embed_tile=tile, **TINY)
+    model = HyperVAE(cfg)
+    vol = torch.randn(1, 7, 5, 6)
+    fast = embed_volume(model, vol)
+    full = embed_volume(model, vol, strided=False)
+    assert fast.shape == (7, 5, 6, 2)
+    assert torch.allclose(fast, full, atol=1e-6)
+
+
+def test_dense_loc_with_a_stride_picks_every_t_th_window():
+    torch.manual_seed(4)
+    enc = HyperVAE(Config(**TINY)).encoder.eval()
+    x = torch.randn(1, 1, 15, 14, 13)
+    with torch.no_grad():
+        every = enc.dense_loc(x)
+        strided = enc.dense_loc(x[:, :, 1:, 2:, 0:], stride=3)
+    assert torch.allclose(strided, every[:, 1::3, 2::3, 0::3][:, :strided.shape[1], :strided.shape[2],
+                                                                  :strided.shape[3]], atol=1e-6)
+    assert strided.shape[1:4] == (3, 3, 3)

@@ -53,6 +53,22 @@ def window_starts(n: int, patch_edge: int, scale: float, pad: int) -> torch.Tens
     return torch.floor(scale * (v + pad) + scale * (1 - patch_edge) / 2 + FLOOR_EPS).long()
 
 
+def _common_step(starts: list[torch.Tensor]) -> int:
+    """The step shared by three arithmetic progressions of window starts, else 1.
+
+    Each progression must start at the block's origin, which holds since a block
+    begins at its first start. An axis with a single start fits any step.
+    """
+    steps = set()
+    for st in starts:
+        if len(st) > 1:
+            d = st[1:] - st[:-1]
+            if not bool((d == d[0]).all()):
+                return 1
+            steps.add(int(d[0]))
+    return steps.pop() if len(steps) == 1 else 1
+
+
 def pad_volume(volume: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
     """``(C, D, H, W)`` to ``(1, C, D+2P, H+2P, W+2P)``."""
     x = volume[None]
@@ -69,12 +85,17 @@ def embed_volume(
     tile: int | None = None,
     pad_mode: str | None = None,
     progress: bool = False,
+    strided: bool = True,
 ) -> torch.Tensor:
     """Embedding of every voxel by one tiled fully-convolutional pass.
 
     ``volume``: float ``(C, D, H, W)``, already normalised. Returns
     ``(D, H, W, d)`` latent points (ball points for the hyperbolic model) in
-    the latent dtype (float64 by default), on the CPU.
+    the latent dtype (float64 by default), on the CPU. When the resampling
+    factor ``s`` is an integer (``p = 5``: ``s = 2``), the window starts of
+    consecutive voxels are ``s`` apart and the encoder's last layer runs only
+    at those starts (``strided``; ``False`` computes every position, the same
+    numbers up to rounding, for testing).
     """
     cfg = model.cfg
     p = patch_edge or cfg.embed_patch_edge
@@ -101,8 +122,13 @@ def embed_volume(
         lo = [int(s_[0]) for s_ in sel]
         hi = [int(s_[-1]) + m for s_ in sel]
         block = x[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        loc = model.encoder.dense_loc(block)[0]  # (a, b, c, d) at every start in the block
-        loc = loc[sel[0] - lo[0]][:, sel[1] - lo[1]][:, :, sel[2] - lo[2]]
+        step = _common_step(sel)
+        if strided and step > 1:  # starts on a regular lattice: run the last layer only there
+            loc = model.encoder.dense_loc(block, stride=step, offset=(0, 0, 0))[0]
+            loc = loc[:len(sel[0]), :len(sel[1]), :len(sel[2])]
+        else:
+            loc = model.encoder.dense_loc(block)[0]  # (a, b, c, d) at every start in the block
+            loc = loc[sel[0] - lo[0]][:, sel[1] - lo[1]][:, :, sel[2] - lo[2]]
         if out is None:
             out = torch.empty(*shape, loc.shape[-1], dtype=loc.dtype)
         a, b, c = corner
