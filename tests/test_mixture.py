@@ -56,6 +56,8 @@ def test_euclidean_mixture_and_api():
 def test_bad_parameters():
     with pytest.raises(ValueError, match="n_clusters"):
         HyperbolicMixture(0)
+    with pytest.raises(ValueError, match="n_init"):
+        HyperbolicMixture(2, n_init=0)
     with pytest.raises(ValueError, match="curvature"):
         HyperbolicMixture(2, c=-1.0)
     with pytest.raises(ValueError, match="finite"):

@@ -77,7 +77,7 @@ class Config:
 
     # --- segmentation -----------------------------------------------------
     embed_patch_edge: int = 5  # paper: 5x5x5 patches around every voxel
-    embed_tile: int = 64  # output edge of each tile of the dense pass (bounds memory; 16 was 6x slower at 240^2x155)
+    embed_tile: int = 64  # output edge of each tile of the dense pass (bounds memory; 16 was ~6x slower)
     pad_mode: str = "replicate"  # how the volume is extended past its border
     levels: list[int] = field(default_factory=lambda: [2, 4, 6])  # clusters per level
     kmeans_n_init: int = 4

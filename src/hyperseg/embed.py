@@ -124,7 +124,7 @@ def embed_volume(
         block = x[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         step = _common_step(sel)
         if strided and step > 1:  # starts on a regular lattice: run the last layer only there
-            loc = model.encoder.dense_loc(block, stride=step, offset=(0, 0, 0))[0]
+            loc = model.encoder.dense_loc(block, stride=step)[0]
             loc = loc[:len(sel[0]), :len(sel[1]), :len(sel[2])]
         else:
             loc = model.encoder.dense_loc(block)[0]  # (a, b, c, d) at every start in the block

@@ -64,6 +64,8 @@ class _HardMixture:
                  sample_size: int | None = None, seed: int = 0, frechet_iters: int = 3, tol: float = 1e-3):
         if int(n_clusters) != n_clusters or n_clusters < 1:
             raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
+        if int(n_init) != n_init or n_init < 1:
+            raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
         if int(max_iter) != max_iter or max_iter < 0:
             raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
         if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):

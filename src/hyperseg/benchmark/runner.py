@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..utils import atomic_write_text
 from .rows import Row, find_rows
-from .table import LEVELS, format_table, quoted_rows
+from .table import format_table, quoted_rows
 
 
 @dataclass(frozen=True)
@@ -89,11 +89,12 @@ def prepare_data(root: Path, profile: Profile, dataset: str, progress: bool) -> 
 def _load_split(data: Path, split: str) -> tuple[list[str], list[np.ndarray], dict[int, list[np.ndarray]]]:
     """Case names, images ``(1, D, H, W)`` and ground truth ``{level: [(D, H, W)]}`` of a split."""
     from ..data.io import read_labels, read_volume
+    from ..evaluate import find_levels_json
 
     names = json.loads((data / "levels.json").read_text())["splits"][split]
     images = [read_volume(data / split / f"{n}.nii.gz").array for n in names]
     truth = {lvl: [read_labels(data / split / "labels" / f"{n}_level{lvl}.nii.gz") for n in names]
-             for lvl in (1, 2, 3)}
+             for lvl in find_levels_json(data)}
     return names, images, truth
 
 
@@ -112,12 +113,13 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
     """Train and/or apply one row's method on one dataset; returns its result rows."""
     import torch
 
+    from ..evaluate import find_levels_json
     from ..metrics import mean_dice
 
     torch.set_num_threads(profile.threads)
     started = time.time()
     _, images, truth = _load_split(data, "test")
-    levels = {1: 2, 2: 4, 3: 6}
+    levels = find_levels_json(data)  # {level: number of classes}, from the data's levels.json
     ks = list(levels.values())
     base = {"method": row.method, "dataset": dataset, "measured": True, "n_test_volumes": len(images)}
     if row.kind == "classical":
@@ -211,4 +213,4 @@ def run_benchmark(out: str | Path, profile: Profile | str = "quick", rows: list[
     return results + quoted_rows()
 
 
-__all__ = ["Profile", "PROFILES", "run_benchmark", "run_row", "LEVELS"]
+__all__ = ["Profile", "PROFILES", "run_benchmark", "run_row"]

@@ -55,22 +55,21 @@ class Encoder(nn.Module):
             return expmap0(raw, self.cfg.c)
         return raw
 
-    def dense_loc(self, x: torch.Tensor, stride: int = 1, offset: tuple[int, int, int] = (0, 0, 0)
-                  ) -> torch.Tensor:
-        """Posterior location at window positions ``offset + stride * i`` along each axis.
+    def dense_loc(self, x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Posterior location at window positions ``stride * i`` along each axis.
 
         ``x``: ``(B, C, D, H, W)`` with ``D, H, W >= m``. With the defaults returns
         ``(B, D-m+1, H-m+1, W-m+1, d)``: entry ``[b, i, j, k]`` is the location
         for the patch ``x[b, :, i:i+m, j:j+m, k:k+m]``. With ``stride = t``, entry
-        ``[b, i, j, k]`` is the patch starting at ``offset + t (i, j, k)``. The
+        ``[b, i, j, k]`` is the patch starting at ``t (i, j, k)``. The
         layers before the last convolution still run at every position (their
         windows overlap), but the last convolution, about a quarter of the
         work, and the heads run only where they are needed.
         """
-        if stride == 1 and offset == (0, 0, 0):
+        if stride == 1:
             raw = self.loc_head(self.body(x))
         else:
-            h = self.body[:-2](x)[:, :, offset[0]:, offset[1]:, offset[2]:]
+            h = self.body[:-2](x)
             last: nn.Conv3d = self.body[-2]  # type: ignore[assignment]
             h = F.relu(F.conv3d(h, last.weight, last.bias, stride=stride))
             raw = self.loc_head(h)
