@@ -283,3 +283,15 @@ def test_segmenting_a_file_keeps_its_shape_geometry_and_orientation(run, tmp_pat
     np.testing.assert_allclose(vout.spacing, vin.spacing)
     np.testing.assert_allclose(vin.spacing, [0.7, 0.7, 0.7], rtol=1e-5)
     np.testing.assert_array_equal(read_labels(out), reference)  # nothing transposed or flipped
+
+
+def test_smooth_option_sets_the_embedding_smoothing(run, tmp_path, capsys):
+    src = tmp_path / "a.npy"
+    np.save(src, blob((12, 10, 8), 5))
+    assert segment(run, src, tmp_path / "raw", "--levels", "2", "--smooth", "0", "--save-embeddings") == 0
+    assert segment(run, src, tmp_path / "s3", "--levels", "2", "--smooth", "3", "--save-embeddings") == 0
+    raw, smooth = np.load(tmp_path / "raw" / "a_embedding.npy"), np.load(tmp_path / "s3" / "a_embedding.npy")
+    # smoothing shrinks the spread of the points (distances to their gyromidpoint)
+    assert np.std(smooth, axis=(0, 1, 2)).sum() < np.std(raw, axis=(0, 1, 2)).sum()
+    assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(tmp_path / "bad"), "--smooth", "-1"]) == 2
+    assert "--smooth must be >= 0" in capsys.readouterr().err

@@ -55,3 +55,19 @@ def test_labels_are_ordered_by_centroid_distance_from_the_origin():
     near = 0.01 * rng.standard_normal((50, 2))
     labels = cluster_points(np.concatenate([far, near]), 2, cfg)
     assert (labels[50:] == 0).all() and (labels[:50] == 1).all()
+
+
+def test_the_clustered_embedding_is_the_smoothed_field_of_encoder_means():
+    from hyperseg.data.preprocess import normalize_for
+    from hyperseg.embed import embed_volume
+    from hyperseg.smooth import smooth_embedding
+
+    torch.manual_seed(2)
+    model = HyperVAE(Config(**TINY, smooth_sigma=1.5))
+    image = np.random.default_rng(2).standard_normal((1, 12, 11, 10)).astype(np.float32)
+    seg = segment_array(model, image, levels=[3])
+    raw = embed_volume(model, torch.from_numpy(normalize_for(model.cfg, image)))
+    np.testing.assert_allclose(seg.embedding, smooth_embedding(raw, 1.5), atol=1e-6)
+    assert not np.allclose(seg.embedding, raw.numpy(), atol=1e-3)  # it did smooth
+    model.cfg = model.cfg.replace(smooth_sigma=0.0)
+    np.testing.assert_allclose(segment_array(model, image, levels=[3]).embedding, raw.numpy(), atol=1e-6)

@@ -87,6 +87,9 @@ class Config:
     hierarchy: str = "independent"
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py)
     clustering: str = "kmeans"
+    # Gaussian smoothing of the embedding field before clustering (smooth.py), standard deviation
+    # in voxels of the model grid; 0 = off (the paper). Chosen on validation volumes.
+    smooth_sigma: float = 2.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -138,6 +141,8 @@ class Config:
              "levels must be a non-empty list of cluster counts >= 1")
         need(self.hierarchy in ("independent", "divisive", "agglomerative"),
              f"hierarchy must be independent, divisive or agglomerative, got {self.hierarchy!r}")
+        need(self.smooth_sigma >= 0, f"smooth_sigma must be >= 0 voxels (0 turns smoothing off), "
+             f"got {self.smooth_sigma}")
         need(self.clustering in ("kmeans", "mixture"),
              f"clustering must be kmeans or mixture, got {self.clustering!r}")
 

@@ -8,6 +8,10 @@ nearest the origin and so on outward, which makes label maps of different
 volumes and levels easier to compare by eye; the numbers carry no meaning
 beyond that.
 
+Before clustering, the embedding field is smoothed with a Gaussian of
+``Config.smooth_sigma`` voxels (the weighted gyromidpoint of each voxel's
+neighbourhood, :mod:`hyperseg.smooth`; 0 turns it off, as in the paper).
+
 With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
 levels are nested instead (:mod:`hyperseg.hierarchy`): every cluster of a finer
 level lies inside one cluster of each coarser level.
@@ -26,11 +30,16 @@ from .embed import embed_volume
 from .hierarchy import NestedClustering
 from .mixture import EuclideanMixture, HyperbolicMixture
 from .model import HyperVAE
+from .smooth import smooth_embedding
 
 
 @dataclass
 class Segmentation:
-    """Label maps ``{K: (D, H, W) uint8}`` and the embedding ``(D, H, W, d)`` they came from."""
+    """Label maps ``{K: (D, H, W) uint8}`` and the embedding ``(D, H, W, d)`` they came from.
+
+    ``embedding`` holds the points that were clustered: the encoder means after
+    smoothing (``Config.smooth_sigma``), float32.
+    """
 
     labels: dict[int, np.ndarray]
     embedding: np.ndarray
@@ -87,7 +96,8 @@ def segment_array(
     cfg = model.cfg
     x = normalize_for(cfg, array, mask)  # mask: optional boolean (D, H, W) foreground
     emb = embed_volume(model, torch.from_numpy(x), progress=progress)
-    flat = emb.reshape(-1, emb.shape[-1]).numpy()
+    points = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)  # (D, H, W, d) float64
+    flat = points.reshape(-1, points.shape[-1])
     maps = cluster_levels(flat, levels, cfg, seed=seed)
-    labels = {k: lab.reshape(emb.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
-    return Segmentation(labels=labels, embedding=emb.numpy())
+    labels = {k: lab.reshape(points.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
+    return Segmentation(labels=labels, embedding=points.astype(np.float32))

@@ -77,6 +77,9 @@ def add_parser(sub) -> None:
                         "of a finer level inside one of each coarser level")
     p.add_argument("--clustering", choices=["kmeans", "mixture"],
                    help="hyperbolic k-means (the paper; default) or a mixture with a scale per cluster")
+    p.add_argument("--smooth", type=float, metavar="SIGMA",
+                   help="Gaussian smoothing of the embedding field before clustering, in voxels "
+                        "(default: the configuration's smooth_sigma, 2; 0 = off, as in the paper)")
     p.add_argument("--output-format", type=_output_format, metavar="{" + ",".join(OUTPUT_FORMATS) + "}",
                    help="format of the label maps (default: the input's format)")
     p.add_argument("--mask", type=Path, help="foreground mask for intensity normalisation: one file for every "
@@ -126,6 +129,7 @@ class SegmentJob:
     patch_edge: int | None = None
     hierarchy: str | None = None
     clustering: str | None = None
+    smooth: float | None = None
     seed: int = 0
     output_format: str | None = None
     nan_policy: str = "error"
@@ -176,6 +180,8 @@ class SegmentJob:
             model.cfg = model.cfg.replace(hierarchy=self.hierarchy)
         if self.clustering:
             model.cfg = model.cfg.replace(clustering=self.clustering)
+        if self.smooth is not None:
+            model.cfg = model.cfg.replace(smooth_sigma=self.smooth)
         mask_files = mask = None
         if self.mask is not None:
             if self.mask.is_dir():
@@ -314,6 +320,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     if args.patch_edge is not None and args.patch_edge < 1:
         raise UserError(f"--patch-edge must be >= 1, got {args.patch_edge}")
+    if args.smooth is not None and not args.smooth >= 0:
+        raise UserError(f"--smooth must be >= 0 voxels (0 turns smoothing off), got {args.smooth}")
     for k in args.levels or []:
         if not 1 <= k <= MAX_CLUSTERS:
             raise UserError(f"--levels: {k} clusters is out of range; use 1 to {MAX_CLUSTERS}")
@@ -344,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
                         "read as cases next time; choose another -o folder")
     _prepare_output(args.output)
     job = SegmentJob(model=args.model, output=args.output, levels=levels, patch_edge=args.patch_edge,
-                     hierarchy=args.hierarchy, clustering=args.clustering,
+                     hierarchy=args.hierarchy, clustering=args.clustering, smooth=args.smooth,
                      seed=args.seed, output_format=args.output_format, nan_policy=args.nan_policy,
                      mask=args.mask, save_embeddings=args.save_embeddings, report=args.report,
                      skip_existing=args.skip_existing, device=args.device, progress=False)
