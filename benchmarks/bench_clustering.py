@@ -1,14 +1,16 @@
-"""How the clustering step changes Dice, for one trained model: k-means, nested levels, mixture.
+"""How the steps after the encoder change Dice, for one trained model.
 
-    python benchmarks/bench_clustering.py --run RUN --data DATA/val [--cases 10] [--patch-edge 5]
+    python benchmarks/bench_clustering.py --run RUN --data DATA/val [--cases 10]
+        [--patch-edges 5 10] [--smooth 0 2] [--methods kmeans agglomerative]
 
 Embeds the first ``--cases`` volumes of ``DATA`` (a split folder written by
-``hyperseg synth``, with ``labels/``) once with the model of ``RUN``, then
-clusters every embedding with each method (``Config.hierarchy`` and
-``Config.clustering``) into 2 / 4 / 6 clusters and prints the
-Hungarian-matched Dice per level (mean over volumes) and the clustering time per
-volume, as a markdown table. Use a validation split to choose a method: the
-test split is for the final numbers.
+``hyperseg synth``, with ``labels/``) once per inference patch edge with the
+model of ``RUN``, smooths each embedding field with each ``--smooth`` sigma
+(:mod:`hyperseg.smooth`), then clusters it with each method (``Config.hierarchy``
+and ``Config.clustering``) into 2 / 4 / 6 clusters and prints the
+Hungarian-matched Dice per level (mean +- std over volumes) and the clustering time
+per volume, as a markdown table. Use a validation split to choose: the test
+split is for the final numbers.
 """
 from __future__ import annotations
 
@@ -26,13 +28,14 @@ from hyperseg.data.preprocess import normalize_for
 from hyperseg.embed import embed_volume
 from hyperseg.metrics import mean_dice
 from hyperseg.segment import cluster_levels
+from hyperseg.smooth import smooth_embedding
 from hyperseg.train import load_model
 
 METHODS = {
-    "k-means, independent levels (paper)": {},
-    "k-means, nested (divisive)": {"hierarchy": "divisive"},
-    "k-means, nested (agglomerative)": {"hierarchy": "agglomerative"},
-    "mixture with a scale per cluster": {"clustering": "mixture"},
+    "kmeans": ("k-means, independent levels (paper)", {}),
+    "divisive": ("k-means, nested (divisive)", {"hierarchy": "divisive"}),
+    "agglomerative": ("k-means, nested (agglomerative)", {"hierarchy": "agglomerative"}),
+    "mixture": ("mixture with a scale per cluster", {"clustering": "mixture"}),
 }
 LEVELS = {1: 2, 2: 4, 3: 6}
 
@@ -42,33 +45,45 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="split folder with caseNNN.nii.gz and labels/")
     ap.add_argument("--cases", type=int, default=10)
-    ap.add_argument("--patch-edge", type=int, default=None)
+    ap.add_argument("--patch-edges", type=int, nargs="+", default=[None],
+                    help="inference patch edges (default: the run's embed_patch_edge)")
+    ap.add_argument("--smooth", type=float, nargs="+", default=[None],
+                    help="smoothing sigmas in voxels (default: the run's smooth_sigma)")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     args = ap.parse_args()
     model = load_model(args.run)
     cfg = model.cfg
     files = sorted(args.data.glob("case*.nii.gz"))[: args.cases]
-    scores = {m: {lvl: [] for lvl in LEVELS} for m in METHODS}
-    seconds = {m: 0.0 for m in METHODS}
+    sigmas = [cfg.smooth_sigma if s is None else s for s in args.smooth]
+    edges = [cfg.embed_patch_edge if p is None else p for p in args.patch_edges]
+    rows = [(p, s, m) for p in edges for s in sigmas for m in args.methods]
+    scores = {r: {lvl: [] for lvl in LEVELS} for r in rows}
+    seconds = {r: 0.0 for r in rows}
     for f in files:
         vol = read_volume(f)
         case = f.name[: -len(".nii.gz")]
         x = torch.from_numpy(normalize_for(cfg, vol.array, None))
-        emb = embed_volume(model, x, patch_edge=args.patch_edge).numpy()
-        flat = emb.reshape(-1, emb.shape[-1])
         truth = {lvl: read_labels(args.data / "labels" / f"{case}_level{lvl}.nii.gz") for lvl in LEVELS}
-        for name, change in METHODS.items():
-            t = time.perf_counter()
-            maps = cluster_levels(flat, list(LEVELS.values()), cfg.replace(**change), seed=0)
-            seconds[name] += time.perf_counter() - t
-            for lvl, k in LEVELS.items():
-                scores[name][lvl].append(mean_dice(maps[k].reshape(emb.shape[:-1]), truth[lvl]))
+        for p in edges:
+            emb = embed_volume(model, x, patch_edge=p).numpy()
+            for s in sigmas:
+                t0 = time.perf_counter()
+                points = smooth_embedding(emb, s, latent=cfg.latent, c=cfg.c)
+                flat = points.reshape(-1, points.shape[-1])
+                t_smooth = time.perf_counter() - t0
+                for m in args.methods:
+                    t = time.perf_counter()
+                    maps = cluster_levels(flat, list(LEVELS.values()), cfg.replace(**METHODS[m][1]), seed=0)
+                    seconds[(p, s, m)] += time.perf_counter() - t + t_smooth
+                    for lvl, k in LEVELS.items():
+                        scores[(p, s, m)][lvl].append(mean_dice(maps[k].reshape(emb.shape[:-1]), truth[lvl]))
     print(f"run {args.run}, {len(files)} volumes of {args.data}, {datetime.date.today()}, "
           f"{platform.machine()} torch {torch.__version__}\n")
-    print("| clustering | Dice L1 | Dice L2 | Dice L3 | seconds per volume (3 levels) |")
-    print("|---|---|---|---|---|")
-    for name in METHODS:
-        d = [f"{np.mean(scores[name][lvl]):.3f} +- {np.std(scores[name][lvl]):.3f}" for lvl in LEVELS]
-        print(f"| {name} | {' | '.join(d)} | {seconds[name] / len(files):.1f} |")
+    print("| patch edge | smoothing sigma | clustering | Dice L1 | Dice L2 | Dice L3 | seconds per volume (3 levels) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        d = [f"{np.mean(scores[r][lvl]):.3f} +- {np.std(scores[r][lvl]):.3f}" for lvl in LEVELS]
+        print(f"| {r[0]} | {r[1]:g} | {METHODS[r[2]][0]} | {' | '.join(d)} | {seconds[r] / len(files):.1f} |")
 
 
 if __name__ == "__main__":

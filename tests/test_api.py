@@ -39,7 +39,7 @@ def test_predict_and_embed_give_arrays_on_the_input_grid(fitted):
     for k, lab in maps.items():
         assert lab.shape == vol.shape and lab.dtype == np.uint8 and lab.max() < k
     z = fitted.embed(vol)
-    assert z.shape == (*vol.shape, 2) and np.all(np.linalg.norm(z, axis=-1) < 1)  # ball points
+    assert z.shape == (*vol.shape, fitted.config_.latent_dim) and np.all(np.linalg.norm(z, axis=-1) < 1)  # ball points
 
 
 def test_anisotropic_spacing_returns_outputs_on_the_input_grid(fitted):
@@ -47,7 +47,7 @@ def test_anisotropic_spacing_returns_outputs_on_the_input_grid(fitted):
     maps = fitted.predict(vol, levels=(2,), spacing=(2.5, 1.0, 1.0))
     assert maps[2].shape == vol.shape
     z = fitted.embed(vol, spacing=(2.5, 1.0, 1.0))
-    assert z.shape == (*vol.shape, 2)
+    assert z.shape == (*vol.shape, fitted.config_.latent_dim)
 
 
 def test_save_load_gives_the_same_labels(fitted, tmp_path):

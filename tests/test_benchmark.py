@@ -30,7 +30,9 @@ def test_classical_baselines_find_an_obvious_object(name):
     labels = BASELINES[name](image, 2, seed=0)
     assert labels.shape == truth.shape and labels.dtype == np.int64
     assert set(np.unique(labels).tolist()) <= {0, 1}
-    assert mean_dice(labels, truth) > 0.95
+    # local statistics over a Gaussian of 2 voxels see the edge in a band ~4 voxels wide, a large
+    # part of this radius-7 sphere (measured 0.80); the per-voxel methods are near exact
+    assert mean_dice(labels, truth) > (0.75 if name == "k-means on local mean + std" else 0.95)
 
 
 @pytest.mark.parametrize("name", list(BASELINES))
@@ -39,6 +41,17 @@ def test_classical_baselines_give_k_labels(name):
     image = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
     labels = BASELINES[name](image, 6, seed=0)
     assert labels.min() >= 0 and labels.max() <= 5 and len(np.unique(labels)) >= 3
+
+
+def test_local_statistics_separate_textures_of_equal_mean_where_intensity_cannot():
+    from hyperseg.benchmark.baselines import kmeans_intensity, kmeans_local_stats
+
+    rng = np.random.default_rng(2)
+    truth = np.zeros((24, 24, 24), np.int64)
+    truth[:, :, 12:] = 1
+    image = rng.standard_normal(truth.shape) * np.where(truth == 1, 1.0, 0.1)  # same mean, other spread
+    assert mean_dice(kmeans_local_stats(image[None], 2), truth) > 0.9
+    assert mean_dice(kmeans_intensity(image[None], 2), truth) < 0.8
 
 
 def test_every_table_row_is_defined_once():

@@ -8,6 +8,7 @@ from conftest import tiny_yaml
 
 from hyperseg.cli import main
 from hyperseg.cli.workers import rank_info, run_spawned, shard, threads_per_process
+from hyperseg.config import Config
 from hyperseg.data.io import read_labels
 
 TINY_CONFIG = tiny_yaml(checkpoint_every=2, levels="[2, 3]")
@@ -78,7 +79,7 @@ def test_one_label_map_per_level_plus_embeddings_and_report(run, tmp_path):
         b = nib.load(str(out / f"b_k{k}.nii.gz"))
         assert b.shape == (10, 9, 8) and np.allclose(b.affine, affine)
     emb = np.load(out / "a_embedding.npy")
-    assert emb.shape == (12, 10, 8, 2) and emb.dtype == np.float32
+    assert emb.shape == (12, 10, 8, Config().latent_dim) and emb.dtype == np.float32
     assert np.linalg.norm(emb, axis=-1).max() < 1  # ball coordinates
     assert (out / "b_report.png").read_bytes().startswith(b"\x89PNG")
 

@@ -18,7 +18,7 @@ def test_dense_equals_per_patch_at_native_scale(latent, decoder, tile):
     vol = torch.randn(1, 9, 7, 8) * 3
     dense = embed_volume(model, vol)
     ref = embed_patches(model, vol)
-    assert dense.shape == (9, 7, 8, 2)
+    assert dense.shape == (9, 7, 8, cfg.latent_dim)
     assert torch.allclose(dense, ref.to(dense.dtype), atol=1e-5)
 
 
@@ -74,7 +74,7 @@ def test_strided_last_layer_gives_the_full_dense_result(patch_edge, tile):
     vol = torch.randn(1, 7, 5, 6)
     fast = embed_volume(model, vol)
     full = embed_volume(model, vol, strided=False)
-    assert fast.shape == (7, 5, 6, 2)
+    assert fast.shape == (7, 5, 6, cfg.latent_dim)
     assert torch.allclose(fast, full, atol=1e-6)
 
 

@@ -60,8 +60,9 @@ def test_triplet_loss_matches_the_paper_formula():
 def test_kl_estimate_is_zero_when_posterior_equals_prior():
     model = HyperVAE(Config(**{**SMALL, "n_samples": 64}))
     x = torch.zeros(2, 1, 10, 10, 10)
-    loc = torch.zeros(2, 2, dtype=torch.float64)
-    scale = torch.ones(2, 2, dtype=torch.float64)
+    d = model.cfg.latent_dim
+    loc = torch.zeros(2, d, dtype=torch.float64)
+    scale = torch.ones(2, d, dtype=torch.float64)
     _, _, kl = model.negative_elbo(x, loc, scale)
     assert torch.allclose(kl, torch.zeros(2, dtype=kl.dtype), atol=1e-9)
 

@@ -33,7 +33,7 @@ def test_two_flat_regions_are_separated_after_a_short_training(tmp_path):
     inner[:, :, 7:13] = False
     assert dice_iou(lab[inner], truth[inner])["mean_dice"] == 1.0
     assert dice_iou(lab, truth)["mean_dice"] > 0.9
-    assert seg.embedding.shape == (20, 20, 20, 2)
+    assert seg.embedding.shape == (20, 20, 20, cfg.latent_dim)
     assert (np.linalg.norm(seg.embedding, axis=-1) < 1).all()
 
 

@@ -31,7 +31,7 @@ class Config:
     # --- model -----------------------------------------------------------
     latent: str = "hyperbolic"  # "hyperbolic" (Poincare ball) or "euclidean" (ablation)
     decoder_input: str = "gyroplane"  # "gyroplane" conv on z, or "linear" on log_0(z) (ablation)
-    latent_dim: int = 2  # paper: d = 2 in all experiments
+    latent_dim: int = 4  # paper: d = 2 in all experiments; 4 chosen here on validation volumes (BENCHMARKS.md)
     c: float = 1.0  # curvature magnitude: the ball has curvature -c (paper: c = 1)
     patch_edge: int = 10  # model input edge m (paper: 10)
     in_channels: int = 1

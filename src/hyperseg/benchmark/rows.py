@@ -47,6 +47,7 @@ ROWS: tuple[Row, ...] = (
         {**_EUCLID, "triplet": False, "kl_weight": 0.0, "n_samples": 1, "latent_dim": 8}),
     Row("k-means on intensity", "classical", baseline="k-means on intensity"),
     Row("Gaussian mixture", "classical", baseline="Gaussian mixture"),
+    Row("k-means on local mean + std", "classical", baseline="k-means on local mean + std"),
     Row("multi-Otsu", "classical", baseline="multi-Otsu"),
     Row("SLIC + k-means", "classical", baseline="SLIC + k-means"),
 )
