@@ -117,7 +117,9 @@ class HyperbolicSegmenter:
               mask: np.ndarray | None = None) -> np.ndarray:
         """Voxel embeddings of ``volume`` ``(D, H, W)`` or ``(C, D, H, W)``: ``(D, H, W, d)``.
 
-        Ball points for the hyperbolic model. ``spacing``: voxel size along
+        Ball points for the hyperbolic model: the encoder means, before the
+        smoothing that :meth:`predict` applies (``config.smooth_sigma``; see
+        :func:`hyperseg.smooth.smooth_embedding`). ``spacing``: voxel size along
         ``D, H, W`` (isotropic when ``None``); ``mask``: optional boolean
         ``(D, H, W)`` foreground for the normalisation.
         """

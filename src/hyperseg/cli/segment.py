@@ -7,8 +7,8 @@ included), in the output folder:
 * ``{case}_k{K}{suffix}``: one label map per requested number of clusters
   ``K``, on the input's grid and geometry, in the input's format unless
   ``--output-format`` says otherwise;
-* ``{case}_embedding.npy`` (``--save-embeddings``): the voxel embeddings,
-  float32 ``(D, H, W, d)`` ball coordinates;
+* ``{case}_embedding.npy`` (``--save-embeddings``): the voxel embeddings that
+  were clustered (after ``--smooth``), float32 ``(D, H, W, d)`` ball coordinates;
 * ``{case}_report.png`` (``--report``): mid-slices with the labels overlaid and
   the embeddings in the Poincare disk (:func:`hyperseg.report.render_case_report`).
 
@@ -87,7 +87,8 @@ def add_parser(sub) -> None:
     p.add_argument("--nan-policy", choices=NAN_POLICIES, default="error",
                    help="NaN/Inf voxels: 'error' (default) or 'fill' with the channel's median")
     p.add_argument("--save-embeddings", action="store_true",
-                   help="also write {case}_embedding.npy: float32 (D, H, W, d) ball coordinates")
+                   help="also write {case}_embedding.npy: float32 (D, H, W, d) ball coordinates "
+                        "of the points that were clustered (after smoothing)")
     p.add_argument("--report", action="store_true",
                    help="also write {case}_report.png: mid-slices with labels, embeddings in the Poincare disk")
     p.add_argument("--nproc", type=int, default=1,
