@@ -296,3 +296,14 @@ def test_smooth_option_sets_the_embedding_smoothing(run, tmp_path, capsys):
     assert np.std(smooth, axis=(0, 1, 2)).sum() < np.std(raw, axis=(0, 1, 2)).sum()
     assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(tmp_path / "bad"), "--smooth", "-1"]) == 2
     assert "--smooth must be >= 0" in capsys.readouterr().err
+
+
+def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
+    src = tmp_path / "a.npy"
+    np.save(src, blob((12, 10, 8), 6))
+    assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-smooth", "2=4", "3=0") == 0
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_k2.npy", "a_k3.npy"]
+    assert segment(run, src, tmp_path / "n", "--level-smooth", "2=4", "--hierarchy", "divisive") == 2
+    assert "--level-smooth needs independent levels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        segment(run, src, tmp_path / "x", "--level-smooth", "two=4")

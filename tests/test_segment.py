@@ -71,3 +71,26 @@ def test_the_clustered_embedding_is_the_smoothed_field_of_encoder_means():
     assert not np.allclose(seg.embedding, raw.numpy(), atol=1e-3)  # it did smooth
     model.cfg = model.cfg.replace(smooth_sigma=0.0)
     np.testing.assert_allclose(segment_array(model, image, levels=[3]).embedding, raw.numpy(), atol=1e-6)
+
+
+def test_a_level_with_its_own_sigma_is_clustered_on_its_own_smoothed_field():
+    torch.manual_seed(4)
+    image = np.random.default_rng(4).standard_normal((1, 14, 12, 10)).astype(np.float32)
+    model = HyperVAE(Config(**TINY, smooth_sigma=1.0))
+    plain = segment_array(model, image, levels=[2, 3])
+    model.cfg = model.cfg.replace(smooth_sigma=3.0)
+    coarse = segment_array(model, image, levels=[2])
+    model.cfg = model.cfg.replace(smooth_sigma=1.0, level_smooth_sigma={2: 3.0})
+    mixed = segment_array(model, image, levels=[2, 3])
+    assert np.array_equal(mixed.labels[2], coarse.labels[2])  # k = 2 on the sigma-3 field
+    assert np.array_equal(mixed.labels[3], plain.labels[3])  # k = 3 keeps smooth_sigma
+    np.testing.assert_array_equal(mixed.embedding, plain.embedding)
+
+
+def test_level_sigmas_are_validated():
+    import pytest
+
+    with pytest.raises(ValueError, match="level_smooth_sigma must map"):
+        Config(level_smooth_sigma={0: 1.0})
+    with pytest.raises(ValueError, match="needs hierarchy 'independent'"):
+        Config(level_smooth_sigma={2: 4.0}, hierarchy="divisive")

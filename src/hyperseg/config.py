@@ -70,7 +70,7 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 8.0  # paper's code: --clip 8
-    steps: int = 2000
+    steps: int = 1500  # chosen on validation volumes: levels 2-3 get worse with longer training (BENCHMARKS.md)
     checkpoint_every: int = 200
     max_bad_steps: int = 20  # training stops after this many non-finite steps in a row (each is skipped)
     seed: int = 0
@@ -90,6 +90,9 @@ class Config:
     # Gaussian smoothing of the embedding field before clustering (smooth.py), standard deviation
     # in voxels of the model grid; 0 = off (the paper). Chosen on validation volumes.
     smooth_sigma: float = 2.0
+    # per-level overrides of smooth_sigma, {number of clusters: sigma}; e.g. {2: 4.0} smooths the
+    # two-cluster level more, as coarse levels describe larger structures (independent levels only)
+    level_smooth_sigma: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -143,6 +146,13 @@ class Config:
              f"hierarchy must be independent, divisive or agglomerative, got {self.hierarchy!r}")
         need(self.smooth_sigma >= 0, f"smooth_sigma must be >= 0 voxels (0 turns smoothing off), "
              f"got {self.smooth_sigma}")
+        need(isinstance(self.level_smooth_sigma, dict)
+             and all(isinstance(k, int) and k >= 1 and v >= 0 for k, v in self.level_smooth_sigma.items()),
+             f"level_smooth_sigma must map numbers of clusters (>= 1) to sigmas (>= 0), "
+             f"got {self.level_smooth_sigma!r}")
+        need(not self.level_smooth_sigma or self.hierarchy == "independent",
+             "level_smooth_sigma needs hierarchy 'independent': nested levels are cut from one "
+             "embedding field; use smooth_sigma instead")
         need(self.clustering in ("kmeans", "mixture"),
              f"clustering must be kmeans or mixture, got {self.clustering!r}")
 

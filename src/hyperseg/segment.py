@@ -11,6 +11,8 @@ beyond that.
 Before clustering, the embedding field is smoothed with a Gaussian of
 ``Config.smooth_sigma`` voxels (the weighted gyromidpoint of each voxel's
 neighbourhood, :mod:`hyperseg.smooth`; 0 turns it off, as in the paper).
+``Config.level_smooth_sigma`` gives some levels (by number of clusters) their
+own sigma.
 
 With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
 levels are nested instead (:mod:`hyperseg.hierarchy`): every cluster of a finer
@@ -38,7 +40,8 @@ class Segmentation:
     """Label maps ``{K: (D, H, W) uint8}`` and the embedding ``(D, H, W, d)`` they came from.
 
     ``embedding`` holds the points that were clustered: the encoder means after
-    smoothing (``Config.smooth_sigma``), float32.
+    smoothing with ``Config.smooth_sigma`` (levels with their own sigma in
+    ``Config.level_smooth_sigma`` were clustered on another field), float32.
     """
 
     labels: dict[int, np.ndarray]
@@ -98,6 +101,17 @@ def segment_array(
     emb = embed_volume(model, torch.from_numpy(x), progress=progress)
     points = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)  # (D, H, W, d) float64
     flat = points.reshape(-1, points.shape[-1])
-    maps = cluster_levels(flat, levels, cfg, seed=seed)
+    ks = [int(k) for k in levels]
+    if any(cfg.level_smooth_sigma.get(k, cfg.smooth_sigma) != cfg.smooth_sigma for k in ks):
+        # independent levels (validated), some of them clustered on a field smoothed with their own sigma
+        fields = {cfg.smooth_sigma: flat}
+        maps = {}
+        for k in ks:
+            sigma = cfg.level_smooth_sigma.get(k, cfg.smooth_sigma)
+            if sigma not in fields:
+                fields[sigma] = smooth_embedding(emb, sigma, latent=cfg.latent, c=cfg.c).reshape(flat.shape)
+            maps[k] = cluster_points(fields[sigma], k, cfg, seed=seed)
+    else:
+        maps = cluster_levels(flat, ks, cfg, seed=seed)
     labels = {k: lab.reshape(points.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
     return Segmentation(labels=labels, embedding=points.astype(np.float32))

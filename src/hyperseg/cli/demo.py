@@ -14,7 +14,7 @@ from .common import add_common
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="synthesise, train a few minutes, segment, evaluate, draw")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_out"))
-    p.add_argument("--minutes", type=float, default=4.0, help="training time (default 4)")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time limit (default 4); training stops earlier after the default number of steps")
     p.add_argument("--n-train", type=int, default=16)
     p.add_argument("--n-test", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_folder, find_levels_json, format_table
     from ..report import save_slices_png
     from ..segment import segment_array
-    from ..train import UNLIMITED_STEPS, train
+    from ..train import train
     from ..utils import atomic_write_text, resolve_device
 
     out: Path = args.output
@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     write_benchmark(data, seed=args.seed, n_train=args.n_train, n_val=0, n_test=args.n_test, progress=not quiet)
     levels = find_levels_json(data)
     ks = [levels[lvl] for lvl in sorted(levels)]
-    cfg = Config(seed=args.seed, levels=ks, steps=UNLIMITED_STEPS)
+    cfg = Config(seed=args.seed, levels=ks)  # the default number of steps, or --minutes if that comes first
     arrays = [read_volume(f).array for f in find_volumes(data / "train")]
-    print(f"[2/4] training for {args.minutes:g} minutes on the CPU")
+    print(f"[2/4] training for {cfg.steps} steps or {args.minutes:g} minutes on the CPU, whichever comes first")
     model = train(cfg, arrays, out / "run", minutes=args.minutes, progress=not quiet,
                   device=resolve_device(args.device))
     print(f"[3/4] segmenting the test volumes into {ks} clusters")

@@ -57,6 +57,20 @@ def _output_format(text: str) -> str:
     return fmt
 
 
+def _level_sigma(text: str) -> tuple[int, float]:
+    """``"K=SIGMA"`` -> ``(K, SIGMA)`` for ``--level-smooth``."""
+    import argparse
+
+    try:
+        k, sigma = text.split("=")
+        k_int, s_float = int(k), float(sigma)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K=SIGMA, e.g. 2=4, got {text!r}") from None
+    if k_int < 1 or not s_float >= 0:
+        raise argparse.ArgumentTypeError(f"K must be >= 1 and SIGMA >= 0, got {text!r}")
+    return k_int, s_float
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment", help="segment volumes with a trained model",
@@ -80,6 +94,9 @@ def add_parser(sub) -> None:
     p.add_argument("--smooth", type=float, metavar="SIGMA",
                    help="Gaussian smoothing of the embedding field before clustering, in voxels "
                         "(default: the configuration's smooth_sigma, 2; 0 = off, as in the paper)")
+    p.add_argument("--level-smooth", type=_level_sigma, nargs="+", metavar="K=SIGMA",
+                   help="a smoothing sigma for the level with K clusters, e.g. 2=4 (overrides --smooth "
+                        "for that level; independent levels only)")
     p.add_argument("--output-format", type=_output_format, metavar="{" + ",".join(OUTPUT_FORMATS) + "}",
                    help="format of the label maps (default: the input's format)")
     p.add_argument("--mask", type=Path, help="foreground mask for intensity normalisation: one file for every "
@@ -131,6 +148,7 @@ class SegmentJob:
     hierarchy: str | None = None
     clustering: str | None = None
     smooth: float | None = None
+    level_smooth: dict[int, float] | None = None
     seed: int = 0
     output_format: str | None = None
     nan_policy: str = "error"
@@ -183,6 +201,8 @@ class SegmentJob:
             model.cfg = model.cfg.replace(clustering=self.clustering)
         if self.smooth is not None:
             model.cfg = model.cfg.replace(smooth_sigma=self.smooth)
+        if self.level_smooth:
+            model.cfg = model.cfg.replace(level_smooth_sigma={**model.cfg.level_smooth_sigma, **self.level_smooth})
         mask_files = mask = None
         if self.mask is not None:
             if self.mask.is_dir():
@@ -321,6 +341,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     if args.patch_edge is not None and args.patch_edge < 1:
         raise UserError(f"--patch-edge must be >= 1, got {args.patch_edge}")
+    if args.level_smooth and args.hierarchy not in (None, "independent"):
+        raise UserError("--level-smooth needs independent levels: nested levels are cut from one "
+                        "embedding field; drop --hierarchy or use --smooth")
     if args.smooth is not None and not args.smooth >= 0:
         raise UserError(f"--smooth must be >= 0 voxels (0 turns smoothing off), got {args.smooth}")
     for k in args.levels or []:
@@ -354,6 +377,7 @@ def run(args: argparse.Namespace) -> int:
     _prepare_output(args.output)
     job = SegmentJob(model=args.model, output=args.output, levels=levels, patch_edge=args.patch_edge,
                      hierarchy=args.hierarchy, clustering=args.clustering, smooth=args.smooth,
+                     level_smooth=dict(args.level_smooth) if args.level_smooth else None,
                      seed=args.seed, output_format=args.output_format, nan_policy=args.nan_policy,
                      mask=args.mask, save_embeddings=args.save_embeddings, report=args.report,
                      skip_existing=args.skip_existing, device=args.device, progress=False)
