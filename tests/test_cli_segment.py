@@ -303,6 +303,10 @@ def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
     np.save(src, blob((12, 10, 8), 6))
     assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-smooth", "2=4", "3=0") == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_k2.npy", "a_k3.npy"]
+    # each level is what a plain run with that level's sigma gives
+    for k, sigma in (("2", "4"), ("3", "0")):
+        assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--smooth", sigma) == 0
+        assert np.array_equal(np.load(tmp_path / "o" / f"a_k{k}.npy"), np.load(tmp_path / f"s{k}" / f"a_k{k}.npy"))
     assert segment(run, src, tmp_path / "n", "--level-smooth", "2=4", "--hierarchy", "divisive") == 2
     assert "--level-smooth needs independent levels" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -102,15 +102,12 @@ def segment_array(
     points = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)  # (D, H, W, d) float64
     flat = points.reshape(-1, points.shape[-1])
     ks = [int(k) for k in levels]
-    if any(cfg.level_smooth_sigma.get(k, cfg.smooth_sigma) != cfg.smooth_sigma for k in ks):
-        # independent levels (validated), some of them clustered on a field smoothed with their own sigma
+    if cfg.level_smooth_sigma:  # only with independent levels (validated): each level on its own field
         fields = {cfg.smooth_sigma: flat}
-        maps = {}
-        for k in ks:
-            sigma = cfg.level_smooth_sigma.get(k, cfg.smooth_sigma)
-            if sigma not in fields:
-                fields[sigma] = smooth_embedding(emb, sigma, latent=cfg.latent, c=cfg.c).reshape(flat.shape)
-            maps[k] = cluster_points(fields[sigma], k, cfg, seed=seed)
+        for sigma in {cfg.level_smooth_sigma.get(k, cfg.smooth_sigma) for k in ks} - set(fields):
+            fields[sigma] = smooth_embedding(emb, sigma, latent=cfg.latent, c=cfg.c).reshape(flat.shape)
+        maps = {k: cluster_points(fields[cfg.level_smooth_sigma.get(k, cfg.smooth_sigma)], k, cfg, seed=seed)
+                for k in ks}
     else:
         maps = cluster_levels(flat, ks, cfg, seed=seed)
     labels = {k: lab.reshape(points.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from .geometry.poincare import klein_to_ball
+from .geometry.poincare import MIN_NORM, klein_to_ball
 
 __all__ = ["smooth_embedding"]
 
@@ -56,7 +56,8 @@ def smooth_embedding(embedding: np.ndarray | torch.Tensor, sigma: float, latent:
     d = x.shape[-1]
     if latent == "euclidean":
         return np.stack([_gaussian(x[..., j], sigma) for j in range(d)], axis=-1)
-    lam = 2.0 / np.maximum(1.0 - c * np.einsum("...j,...j->...", x, x), 1e-15)  # (D, H, W)
-    den = np.maximum(_gaussian(lam - 1.0, sigma), 1e-15)
+    # the gyromidpoint's formula (geometry.poincare.gyromidpoint) with Gaussian weights over the grid
+    lam = 2.0 / np.maximum(1.0 - c * np.einsum("...j,...j->...", x, x), MIN_NORM)  # (D, H, W)
+    den = np.maximum(_gaussian(lam - 1.0, sigma), MIN_NORM)
     klein = np.stack([_gaussian(lam * x[..., j], sigma) / den for j in range(d)], axis=-1)
     return klein_to_ball(torch.from_numpy(klein), c).numpy()

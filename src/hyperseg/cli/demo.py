@@ -14,7 +14,8 @@ from .common import add_common
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="synthesise, train a few minutes, segment, evaluate, draw")
     p.add_argument("-o", "--output", type=Path, default=Path("demo_out"))
-    p.add_argument("--minutes", type=float, default=4.0, help="training time limit (default 4); training stops earlier after the default number of steps")
+    p.add_argument("--minutes", type=float, default=4.0,
+                   help="training time limit (default 4); training stops earlier after the default number of steps")
     p.add_argument("--n-train", type=int, default=16)
     p.add_argument("--n-test", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
