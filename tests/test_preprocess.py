@@ -3,7 +3,9 @@ import numpy as np
 import pytest
 
 from hyperseg.config import Config
-from hyperseg.data.preprocess import Z_MAX, foreground_mask, normalize, normalize_for
+from scipy import ndimage as ndi
+
+from hyperseg.data.preprocess import Z_MAX, foreground_mask, highpass, normalize, normalize_for
 
 
 def brain_like(seed=0):
@@ -66,3 +68,70 @@ def test_normalize_for_follows_the_configuration():
         Config(clip_percentiles=[50, 10])
     with pytest.raises(ValueError, match="normalize_mask"):
         Config(normalize_mask="otsu")
+
+
+def biased_cube(seed=0, n=24):
+    """A two-tissue texture (checkerboard of 3-voxel blocks, values 0 and 1) under a smooth
+    additive ramp of 4 intensity units across the volume, plus a little noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:n, :n, :n]
+    tissue = ((z // 3 + y // 3 + x // 3) % 2).astype(np.float64)
+    bias = 4.0 * x / (n - 1)
+    return tissue, bias, (tissue + bias + 0.05 * rng.standard_normal(tissue.shape))[None]
+
+
+def test_highpass_without_a_mask_is_the_volume_minus_its_gaussian_smoothing():
+    _, _, a = biased_cube()
+    want = a[0] - ndi.gaussian_filter(a[0], 5.0, mode="nearest")
+    assert np.allclose(highpass(a, 5.0, mask="none")[0], want, atol=1e-5)
+
+
+def test_highpass_removes_a_bias_field_and_keeps_the_tissue_contrast():
+    tissue, bias, a = biased_cube()
+    out = highpass(a, 6.0, mask="none")[0]
+    core = (slice(6, -6),) * 3  # away from the edges, where a replicated edge biases the Gaussian
+    # Before: the ramp moves tissue 0 across the whole tissue-1 range. After: the two separate.
+    raw0, raw1 = a[0][core][tissue[core] == 0], a[0][core][tissue[core] == 1]
+    assert raw0.max() > raw1.min()
+    hp0, hp1 = out[core][tissue[core] == 0], out[core][tissue[core] == 1]
+    assert hp0.max() < hp1.min()
+    # what is left of the ramp: the per-x-slice tissue-0 means differ by under 0.2 (were 4 apart)
+    means = [out[core][..., i][tissue[core][..., i] == 0].mean() for i in range(out[core].shape[-1])]
+    assert np.ptp(means) < 0.2
+
+
+def test_masked_highpass_is_a_normalised_convolution_and_keeps_a_floor():
+    a, ball = brain_like()
+    a = a.copy()
+    a[0, 10, 10, 10] = 100  # no hot voxel here
+    z = np.mgrid[:20, :20, :20][0]
+    a[0][ball] += 3.0 * z[ball]  # a bias ramp inside the object only
+    out = highpass(a, 4.0, mask=ball)
+    x = a[0].astype(np.float64)
+    num = ndi.gaussian_filter(np.where(ball, x, 0), 4.0, mode="constant")
+    den = ndi.gaussian_filter(ball.astype(np.float64), 4.0, mode="constant")
+    assert np.allclose(out[0][ball], (x - num / den)[ball], atol=1e-3)
+    # the zero floor around the object does not brighten its rim as a plain high-pass does
+    rim = ball & ~ndi.binary_erosion(ball)
+    plain = highpass(a, 4.0, mask="none")[0]
+    assert plain[rim].mean() > 30 and abs(out[0][rim].mean()) < 5
+    assert np.all(out[0][~ball] == out[0][ball].min())  # a flat floor at the object's minimum
+    assert np.array_equal(foreground_mask(out), ball)
+    assert np.allclose(highpass(a, 4.0, mask="auto"), out)  # the auto mask finds the same ball
+
+
+def test_highpass_rejects_bad_arguments():
+    _, _, a = biased_cube()
+    with pytest.raises(ValueError, match="sigma"):
+        highpass(a, 0.0)
+    with pytest.raises(ValueError, match="shape"):
+        highpass(a[0], 3.0)
+    with pytest.raises(ValueError, match="highpass_sigma"):
+        Config(highpass_sigma=-1)
+
+
+def test_normalize_for_applies_the_highpass_first():
+    _, _, a = biased_cube()
+    cfg = Config(highpass_sigma=6.0)
+    assert np.array_equal(normalize_for(cfg, a), normalize(highpass(a, 6.0, "auto"), (0.5, 99.5), "auto"))
+    assert np.array_equal(normalize_for(cfg.replace(normalize=False), a), highpass(a, 6.0, "auto"))

@@ -64,6 +64,9 @@ class Config:
     # foreground mask for the normalisation statistics: "auto" (voxels above the flat floor of
     # the channel mean) or "none" (all voxels)
     normalize_mask: str = "auto"
+    # remove a smooth bias field before normalising: subtract each channel's Gaussian-smoothed
+    # copy (sigma in voxels; 0 = off). Larger than the structures to keep (data/preprocess.py)
+    highpass_sigma: float = 0.0
 
     # --- training ---------------------------------------------------------
     batch_size: int = 32  # triplets per step
@@ -134,6 +137,7 @@ class Config:
              f"clip_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, or null, got {self.clip_percentiles}")
         need(self.normalize_mask in ("auto", "none"),
              f"normalize_mask must be 'auto' or 'none', got {self.normalize_mask!r}")
+        need(self.highpass_sigma >= 0, f"highpass_sigma must be >= 0 voxels (0 = off), got {self.highpass_sigma}")
         need(self.batch_size >= 1 and self.lr > 0 and self.steps >= 0, "batch_size, lr, steps must be positive")
         need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         need(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")

@@ -37,6 +37,10 @@ def add_parser(sub) -> None:
                    "or no step limit when --minutes is given; with --resume, the run's target)")
     p.add_argument("--minutes", type=float, help="stop cleanly and save after this much wall time")
     p.add_argument("--seed", type=int, help="random seed (default: the configuration's)")
+    p.add_argument("--highpass", type=float, metavar="SIGMA",
+                   help="remove a smooth bias field (uneven illumination, MRI bias) before training and "
+                        "segmenting: subtract each volume's Gaussian-smoothed copy, SIGMA in voxels, larger "
+                        "than the structures to keep (default: the configuration's highpass_sigma, 0 = off)")
     p.add_argument("--nproc", type=int, default=1,
                    help="train with N processes on this machine (DistributedDataParallel; one per GPU "
                         "with --device cuda); under torchrun leave it out")
@@ -61,6 +65,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--steps must be >= 0, got {args.steps}")
     if args.minutes is not None and args.minutes <= 0:
         raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    if args.highpass is not None and not args.highpass >= 0:
+        raise UserError(f"--highpass must be >= 0 voxels (0 = off), got {args.highpass}")
     if args.resume is None:
         if args.input is None or args.output is None:
             raise UserError("train needs -i INPUT and -o RUN (or --resume RUN to continue a run)")
@@ -76,7 +82,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     out = ["train"]
     for flag, value in (("-i", args.input), ("-o", args.output), ("--resume", args.resume),
                         ("--config", args.config), ("--steps", args.steps), ("--minutes", args.minutes),
-                        ("--seed", args.seed)):
+                        ("--seed", args.seed), ("--highpass", args.highpass)):
         if value is not None:
             out += [flag, str(value)]
     out += ["--device", args.device, "--nan-policy", args.nan_policy] + (["-q"] if args.quiet else [])
@@ -110,6 +116,8 @@ def _resolve(args: argparse.Namespace, n_channels_of):
         cfg = Config.load(args.config) if args.config else Config()
         if args.seed is not None:
             cfg = cfg.replace(seed=args.seed)
+        if args.highpass is not None:
+            cfg = cfg.replace(highpass_sigma=args.highpass)
         cfg = cfg.replace(in_channels=n_channels_of(args.input))
         steps = args.steps
         if steps is None and args.minutes:
@@ -125,6 +133,9 @@ def _resolve(args: argparse.Namespace, n_channels_of):
         if changes:
             raise UserError(f"{args.resume}: the run was trained with another configuration "
                             f"({'; '.join(changes)}); resume without --config/--seed or train a new run")
+    if args.highpass is not None and args.highpass != cfg.highpass_sigma:
+        raise UserError(f"{args.resume}: the run was trained with highpass_sigma {cfg.highpass_sigma}, not "
+                        f"--highpass {args.highpass}; resume without --highpass or train a new run")
     source = args.input if args.input is not None else (Path(recorded) if recorded else None)
     if source is None:
         raise UserError(f"{args.resume}: run.json records no input; give it with -i INPUT")

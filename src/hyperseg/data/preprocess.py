@@ -14,6 +14,14 @@ robustly, with statistics taken inside a foreground mask ``M``:
    centred. The result is clipped to ``[-Z_MAX, Z_MAX]`` so that far
    outliers outside ``M`` stay finite in float32.
 
+With ``cfg.highpass_sigma = s > 0`` a smooth bias field is removed first
+(:func:`highpass`): each channel loses its Gaussian-smoothed copy (sigma
+``s`` voxels), the slowly varying component that bias fields and uneven
+illumination add, so that the same tissue has the same value across the
+volume. Inside a foreground mask the smoothing is a *normalised
+convolution* (only foreground voxels are averaged), so the floor around a
+skull-stripped or masked object does not darken the object's rim.
+
 The mask ``M`` (shared by all channels) is given as a boolean ``(D, H, W)``
 array, or computed (``normalize_mask: auto``): the voxels whose channel
 mean is above its minimum, i.e. everything but the flat floor that
@@ -28,6 +36,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy import ndimage as ndi
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -41,6 +50,8 @@ MIN_BACKGROUND = 0.01
 #: Normalised values are clipped to +-Z_MAX: far outliers outside the mask stay finite in float32.
 Z_MAX = 1e4
 MASK_MODES = ("auto", "none")
+#: Normalised convolution: voxels whose smoothed mask weight is below this get no bias estimate.
+MIN_MASK_WEIGHT = 1e-3
 
 
 def zscore(array: np.ndarray) -> np.ndarray:
@@ -68,6 +79,20 @@ def foreground_mask(array: np.ndarray) -> np.ndarray | None:
     return mask
 
 
+def _resolve_mask(x: np.ndarray, mask: np.ndarray | str | None) -> np.ndarray | None:
+    """Boolean ``(D, H, W)`` foreground of ``x`` ``(C, D, H, W)``, or ``None`` for all voxels."""
+    if isinstance(mask, str):
+        if mask not in MASK_MODES:
+            raise ValueError(f"mask must be a boolean array or one of {MASK_MODES}, got {mask!r}")
+        return foreground_mask(x) if mask == "auto" else None
+    if mask is None:
+        return None
+    m = np.asarray(mask).astype(bool)
+    if m.shape != x.shape[1:]:
+        raise ValueError(f"foreground mask shape {m.shape} does not match the volume {x.shape[1:]}")
+    return None if (not m.any() or m.all()) else m
+
+
 def normalize(
     array: np.ndarray,
     clip_percentiles: Sequence[float] | None = (0.5, 99.5),
@@ -83,18 +108,7 @@ def normalize(
     x = np.asarray(array)
     if x.ndim != 4:
         raise ValueError(f"expected a (C, D, H, W) volume, got shape {x.shape}")
-    if isinstance(mask, str):
-        if mask not in MASK_MODES:
-            raise ValueError(f"mask must be a boolean array or one of {MASK_MODES}, got {mask!r}")
-        m = foreground_mask(x) if mask == "auto" else None
-    elif mask is None:
-        m = None
-    else:
-        m = np.asarray(mask).astype(bool)
-        if m.shape != x.shape[1:]:
-            raise ValueError(f"foreground mask shape {m.shape} does not match the volume {x.shape[1:]}")
-        if not m.any() or m.all():
-            m = None
+    m = _resolve_mask(x, mask)
     out = np.empty(x.shape, dtype=np.float32)
     for c in range(x.shape[0]):
         ch = x[c].astype(np.float64)
@@ -116,15 +130,56 @@ def normalize(
     return out
 
 
+def highpass(array: np.ndarray, sigma: float, mask: np.ndarray | str | None = "auto") -> np.ndarray:
+    """Remove the smooth component of each channel of ``(C, D, H, W)``; float32, same shape.
+
+    Without a mask: ``x - G_sigma * x`` (Gaussian filter, edges replicated).
+    With a foreground mask ``M`` the bias is the normalised convolution
+    ``b = G * (x M) / G * M`` (a Gaussian average over foreground voxels
+    only) and ``x - b`` is taken inside ``M``; voxels outside ``M`` are set to
+    the smallest value inside it, so they stay a flat floor below the object
+    (and :func:`foreground_mask` finds the same mask again). Foreground voxels
+    with ``G * M`` below :data:`MIN_MASK_WEIGHT` (far from any other
+    foreground) keep their own value as the bias, i.e. become 0.
+
+    ``sigma`` in voxels; it should exceed the structures to keep (a bias
+    field varies over tens of voxels, organelles over a few). ``mask`` as in
+    :func:`normalize`.
+    """
+    x = np.asarray(array)
+    if x.ndim != 4:
+        raise ValueError(f"expected a (C, D, H, W) volume, got shape {x.shape}")
+    if not sigma > 0:
+        raise ValueError(f"highpass sigma must be > 0 voxels, got {sigma}")
+    m = _resolve_mask(x, mask)
+    out = np.empty(x.shape, dtype=np.float32)
+    if m is not None:
+        weight = ndi.gaussian_filter(m.astype(np.float64), sigma, mode="constant")
+    for c in range(x.shape[0]):
+        ch = x[c].astype(np.float64)
+        if m is None:
+            out[c] = ch - ndi.gaussian_filter(ch, sigma, mode="nearest")
+            continue
+        num = ndi.gaussian_filter(np.where(m, ch, 0.0), sigma, mode="constant")
+        ok = weight >= MIN_MASK_WEIGHT
+        bias = np.where(ok, num / np.where(ok, weight, 1.0), ch)
+        hp = ch - bias
+        out[c] = np.where(m, hp, hp[m].min())
+    return out
+
+
 def normalize_for(cfg: Config, array: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """What a model configured by ``cfg`` sees of ``array`` ``(C, D, H, W)``: float32, same shape.
 
-    The one normalisation of training and segmentation: :func:`normalize`
-    with ``cfg.clip_percentiles`` and ``mask`` (a boolean ``(D, H, W)``
+    The one normalisation of training and segmentation: :func:`highpass`
+    when ``cfg.highpass_sigma > 0``, then :func:`normalize` with ``cfg.clip_percentiles`` and ``mask`` (a boolean ``(D, H, W)``
     foreground) or else ``cfg.normalize_mask``; a plain float32 copy when
     ``cfg.normalize`` is off.
     """
+    m = mask if mask is not None else cfg.normalize_mask
+    x = np.asarray(array)
+    if cfg.highpass_sigma > 0:
+        x = highpass(x, cfg.highpass_sigma, mask=m)
     if not cfg.normalize:
-        return np.array(array, dtype=np.float32)
-    return normalize(array, clip_percentiles=cfg.clip_percentiles,
-                     mask=mask if mask is not None else cfg.normalize_mask)
+        return np.array(x, dtype=np.float32)
+    return normalize(x, clip_percentiles=cfg.clip_percentiles, mask=m)
