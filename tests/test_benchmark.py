@@ -6,7 +6,7 @@ import pytest
 
 from hyperseg.benchmark.baselines import BASELINES
 from hyperseg.benchmark.rows import FULL_MODEL, ROWS, find_rows
-from hyperseg.benchmark.runner import Profile, run_benchmark
+from hyperseg.benchmark.runner import Profile, ResumeError, run_benchmark
 from hyperseg.benchmark.table import PAPER_ROWS, format_table
 from hyperseg.cli import main
 from hyperseg.metrics import mean_dice
@@ -86,6 +86,50 @@ def test_run_benchmark_writes_results_and_table(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert table == format_table(rows)
     assert "### simple" in table and "### irregular" in table and "| multi-Otsu |" in table
+
+
+def test_resume_keeps_finished_rows_and_runs_only_the_missing_ones(tmp_path):
+    profile = Profile("tiny", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("simple",), threads=1)
+    first = run_benchmark(tmp_path, profile, rows=["multi-Otsu"], progress=False, isolate=False)
+    otsu = [r for r in first if r["measured"]]
+    assert [r["method"] for r in otsu] == ["multi-Otsu"]
+    stored = json.loads((tmp_path / "results.json").read_text())
+    stored["rows"][0]["seconds"] = 12345.0  # a mark a rerun would overwrite
+    (tmp_path / "results.json").write_text(json.dumps(stored))
+    rows = run_benchmark(tmp_path, profile, rows=["multi-Otsu", "k-means on intensity"], progress=False,
+                         isolate=False, resume=True)
+    measured = [r for r in rows if r["measured"]]
+    assert [r["method"] for r in measured] == ["multi-Otsu", "k-means on intensity"]
+    assert measured[0] == {**otsu[0], "seconds": 12345.0}  # carried over, not run again
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+    # without resume the folder is started afresh
+    again = run_benchmark(tmp_path, profile, rows=["k-means on intensity"], progress=False, isolate=False)
+    assert [r["method"] for r in again if r["measured"]] == ["k-means on intensity"]
+    other = Profile("tiny", steps=2, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("simple",), threads=1)
+    with pytest.raises(ResumeError, match="another profile"):
+        run_benchmark(tmp_path, other, rows=["multi-Otsu"], progress=False, isolate=False, resume=True)
+
+
+def test_a_dataset_highpass_reaches_every_row(tmp_path):
+    from hyperseg.data.io import read_labels, read_volume
+    from hyperseg.data.preprocess import highpass
+
+    profile = Profile("tiny", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("irregular",),
+                      config=TINY, highpass={"irregular": 4.0}, threads=1)
+    rows = run_benchmark(tmp_path, profile, rows=["k-means on intensity", FULL_MODEL], progress=False,
+                         isolate=False)
+    measured = {r["method"]: r for r in rows if r["measured"]}
+    assert all(r["highpass_sigma"] == 4.0 for r in measured.values())
+    # the classical row scored the high-passed image, not the raw one
+    case = json.loads((tmp_path / "data" / "irregular" / "levels.json").read_text())["splits"]["test"][0]
+    image = read_volume(tmp_path / "data" / "irregular" / "test" / f"{case}.nii.gz").array
+    truth = read_labels(tmp_path / "data" / "irregular" / "test" / "labels" / f"{case}_level2.nii.gz")
+    want = mean_dice(BASELINES["k-means on intensity"](highpass(image, 4.0), 4, seed=0), truth)
+    raw = mean_dice(BASELINES["k-means on intensity"](image, 4, seed=0), truth)
+    assert measured["k-means on intensity"]["dice"]["2"] == pytest.approx(want) and want != pytest.approx(raw)
+    # the model row trained with it in its configuration
+    run = next((tmp_path / "runs").glob("irregular_*seed0"))
+    assert "highpass_sigma: 4.0" in (run / "config.yaml").read_text()
 
 
 def test_classical_row_in_a_fresh_process_through_the_cli(tmp_path, capsys, monkeypatch):

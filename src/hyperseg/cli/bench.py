@@ -16,19 +16,26 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--rows", nargs="+", metavar="METHOD", help="only these rows (by method name)")
     p.add_argument("--datasets", nargs="+", choices=["simple", "irregular"], help="only these datasets")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows an interrupted run of the same profile left in DIR/results.json "
+                        "and run only the missing ones")
     p.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ..benchmark.runner import PROFILES, run_benchmark
+    from ..benchmark.runner import PROFILES, ResumeError, run_benchmark
     from ..benchmark.table import format_table
+    from .common import UserError
 
     profile = PROFILES[args.profile]
     if args.datasets:
         profile = dataclasses.replace(profile, datasets=tuple(args.datasets))
-    rows = run_benchmark(args.output, profile, rows=args.rows, progress=not args.quiet)
+    try:
+        rows = run_benchmark(args.output, profile, rows=args.rows, progress=not args.quiet, resume=args.resume)
+    except ResumeError as e:
+        raise UserError(str(e)) from e
     print(format_table(rows))
     print(f"wrote {args.output / 'results.json'} and {args.output / 'table.md'}")
     return 0
