@@ -61,6 +61,37 @@ def test_a_single_volume_file_can_be_trained_on(bench):
                  "--steps", "2", "-q"]) == 0
 
 
+def test_highpass_is_trained_with_and_applied_when_segmenting(bench, capsys):
+    import torch
+
+    from hyperseg.data.io import read_volume
+    from hyperseg.data.preprocess import highpass, normalize
+    from hyperseg.embed import embed_volume
+    from hyperseg.train import load_model
+
+    run = bench / "run_highpass"
+    assert main(["train", "-i", str(bench / "data" / "train"), "-o", str(run), "--config",
+                 str(bench / "tiny.yaml"), "--steps", "2", "--highpass", "3", "-q"]) == 0
+    assert "highpass_sigma: 3.0" in (run / "config.yaml").read_text()
+    # segment reads it from the run: the saved embedding is that of the high-passed volume
+    test_dir, out = bench / "data" / "test", bench / "seg_highpass"
+    assert main(["segment", "-m", str(run), "-i", str(test_dir), "-o", str(out), "--levels", "2", "-q",
+                 "--save-embeddings", "--smooth", "0"]) == 0
+    case = sorted(test_dir.glob("*.nii.gz"))[0]
+    model = load_model(run)
+    x = normalize(highpass(read_volume(case).array, 3.0), (0.5, 99.5), "auto")
+    want = embed_volume(model, torch.from_numpy(x)).numpy()
+    saved = np.load(out / f"{case.name[:-7]}_embedding.npy")
+    assert np.allclose(saved, want, atol=1e-5)
+    raw = embed_volume(model, torch.from_numpy(normalize(read_volume(case).array, (0.5, 99.5), "auto"))).numpy()
+    assert not np.allclose(saved, raw, atol=1e-3)  # the check above can tell the two apart
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "3", "--highpass", "5", "-q"]) == 2
+    assert "highpass_sigma 3.0" in capsys.readouterr().err
+    assert main(["train", "-i", str(bench / "data" / "train"), "-o", str(bench / "run_bad_hp"),
+                 "--highpass", "-1", "-q"]) == 2
+
+
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert main(["train", "-i", str(tmp_path / "missing"), "-o", str(tmp_path / "run"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
