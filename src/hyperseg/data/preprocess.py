@@ -20,7 +20,7 @@ With ``cfg.highpass_sigma = s > 0`` a smooth bias field is removed first
 illumination add, so that the same tissue has the same value across the
 volume. Inside a foreground mask the smoothing is a *normalised
 convolution* (only foreground voxels are averaged), so the floor around a
-skull-stripped or masked object does not darken the object's rim.
+skull-stripped or masked object does not brighten the object's rim.
 
 The mask ``M`` (shared by all channels) is given as a boolean ``(D, H, W)``
 array, or computed (``normalize_mask: auto``): the voxels whose channel
@@ -172,9 +172,10 @@ def normalize_for(cfg: Config, array: np.ndarray, mask: np.ndarray | None = None
     """What a model configured by ``cfg`` sees of ``array`` ``(C, D, H, W)``: float32, same shape.
 
     The one normalisation of training and segmentation: :func:`highpass`
-    when ``cfg.highpass_sigma > 0``, then :func:`normalize` with ``cfg.clip_percentiles`` and ``mask`` (a boolean ``(D, H, W)``
-    foreground) or else ``cfg.normalize_mask``; a plain float32 copy when
-    ``cfg.normalize`` is off.
+    when ``cfg.highpass_sigma > 0``, then :func:`normalize` with
+    ``cfg.clip_percentiles``. Both take ``mask`` (a boolean ``(D, H, W)``
+    foreground) or else ``cfg.normalize_mask``. With ``cfg.normalize`` off,
+    the (high-passed) volume is returned as a float32 copy.
     """
     m = mask if mask is not None else cfg.normalize_mask
     x = np.asarray(array)
