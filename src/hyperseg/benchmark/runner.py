@@ -128,9 +128,9 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
     _, images, truth = _load_split(data, "test")
     levels = find_levels_json(data)  # {level: number of classes}, from the data's levels.json
     ks = list(levels.values())
-    base = {"method": row.method, "dataset": dataset, "measured": True, "n_test_volumes": len(images),
-            "highpass_sigma": profile.highpass.get(dataset, 0.0)}
     sigma = profile.highpass.get(dataset, 0.0)
+    base = {"method": row.method, "dataset": dataset, "measured": True, "n_test_volumes": len(images),
+            "highpass_sigma": sigma}
     if row.kind == "classical":
         from ..data.preprocess import highpass
         from .baselines import BASELINES
