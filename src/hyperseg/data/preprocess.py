@@ -153,16 +153,17 @@ def highpass(array: np.ndarray, sigma: float, mask: np.ndarray | str | None = "a
         raise ValueError(f"highpass sigma must be > 0 voxels, got {sigma}")
     m = _resolve_mask(x, mask)
     out = np.empty(x.shape, dtype=np.float32)
-    if m is not None:
+    if m is not None:  # the mask's own smoothing and where it is reliable: shared by all channels
         weight = ndi.gaussian_filter(m.astype(np.float64), sigma, mode="constant")
+        ok = weight >= MIN_MASK_WEIGHT
+        safe_weight = np.where(ok, weight, 1.0)
     for c in range(x.shape[0]):
         ch = x[c].astype(np.float64)
         if m is None:
             out[c] = ch - ndi.gaussian_filter(ch, sigma, mode="nearest")
             continue
         num = ndi.gaussian_filter(np.where(m, ch, 0.0), sigma, mode="constant")
-        ok = weight >= MIN_MASK_WEIGHT
-        bias = np.where(ok, num / np.where(ok, weight, 1.0), ch)
+        bias = np.where(ok, num / safe_weight, ch)
         hp = ch - bias
         out[c] = np.where(m, hp, hp[m].min())
     return out
