@@ -79,3 +79,35 @@ def test_training_steps_reduce_the_loss():
         loss.backward()
         opt.step()
     assert model.loss(*x)[0].item() < first
+
+
+@pytest.mark.parametrize("likelihood", ["unit", "scale"])
+def test_reconstruction_nll_is_the_gaussian_log_density(likelihood):
+    """The NLL term equals ``-sum log N(x; mean, sigma^2)`` computed with torch.distributions."""
+    torch.manual_seed(0)
+    model = HyperVAE(Config(**{**SMALL, "n_samples": 1, "likelihood": likelihood}))
+    x = torch.randn(2, 1, 10, 10, 10)
+    loc, scale = model.encode(x)
+    torch.manual_seed(1)
+    _, nll, _ = model.negative_elbo(x, loc, scale)
+    torch.manual_seed(1)
+    z = model.posterior(loc, scale).rsample(torch.Size([1]))[0]
+    mean, sigma = model.decode_dist(z)
+    if likelihood == "unit":
+        assert sigma is None
+        sigma = torch.ones_like(mean)
+    expected = -torch.distributions.Normal(mean, sigma).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(nll, expected.to(nll.dtype), rtol=1e-5)
+
+
+def test_scale_likelihood_predicts_a_floored_standard_deviation_per_voxel():
+    model = HyperVAE(Config(**{**SMALL, "likelihood": "scale", "likelihood_min_scale": 0.1}))
+    mean, sigma = model.decode_dist(model.encode(torch.randn(3, 1, 10, 10, 10))[0])
+    assert mean.shape == sigma.shape == (3, 1, 10, 10, 10)
+    assert (sigma > 0.1).all()
+    assert model.decode(model.encode(torch.randn(3, 1, 10, 10, 10))[0]).shape == (3, 1, 10, 10, 10)
+
+
+def test_unknown_likelihood_is_refused():
+    with pytest.raises(ValueError, match="likelihood"):
+        Config(likelihood="laplace")

@@ -18,6 +18,7 @@ LATENTS = ("hyperbolic", "euclidean")
 DECODER_INPUTS = ("gyroplane", "linear")
 PATCH_SCALES = ("uniform", "log")
 PAD_MODES = ("replicate", "zeros", "reflect")
+LIKELIHOODS = ("unit", "scale")
 
 
 @dataclass
@@ -52,6 +53,11 @@ class Config:
     # "mean": L = mean_b(-ELBO) + beta mean_b(triplet), the paper's Eq. (9) per example;
     # "sum": the released code's sum of the ELBO over the batch (shrinks beta by the batch size)
     elbo_reduction: str = "mean"
+    # p(x | z): "unit" is a unit-variance Gaussian on the voxels (the paper's code); "scale" lets
+    # the decoder also predict each voxel's standard deviation (floored at likelihood_min_scale),
+    # so the latent must say how strongly a patch is textured, not only its mean intensity
+    likelihood: str = "unit"
+    likelihood_min_scale: float = 0.05
 
     # --- sampling ---------------------------------------------------------
     parent_range: list[int] = field(default_factory=lambda: [5, 34])  # paper's code: randint(5, 35)
@@ -125,6 +131,8 @@ class Config:
         need(self.triplet_margin >= 0, "triplet_margin must be >= 0")
         need(self.prior_scale > 0, "prior_scale must be > 0")
         need(self.elbo_reduction in ("mean", "sum"), "elbo_reduction must be 'mean' or 'sum'")
+        need(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        need(self.likelihood_min_scale > 0, "likelihood_min_scale must be > 0 (it keeps the NLL finite)")
         lo, hi = self.parent_range
         need(2 <= lo <= hi, f"parent_range must be [lo, hi] with 2 <= lo <= hi, got {self.parent_range}")
         clo, chi = self.child_range

@@ -8,7 +8,8 @@ negative child), following the paper's Eq. (8)-(9) and its released code:
 * ``-ELBO(x) = - mean_k [ log p(x | z_k) - kl_weight (log q(z_k | x) - log p(z_k)) ]``
   with ``z_k ~ q(z | x)``, ``k = 1..K``: the Riemannian ELBO of Mathieu et al.
   2019 with a Monte-Carlo KL. ``p(x | z)`` is a unit-variance Gaussian on the
-  voxels (the released code's likelihood); ``q`` and the prior are wrapped
+  voxels (the released code's likelihood; ``likelihood: scale`` lets the decoder
+  predict each voxel's standard deviation too); ``q`` and the prior are wrapped
   normals on the ball (normals for the Euclidean ablation).
 * ``triplet = max(0, d(mu_p, mu_pos) - d(mu_p, mu_neg) + margin)`` on the
   encoder means with the Poincare distance (Euclidean for the Euclidean
@@ -27,6 +28,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.distributions import Independent, Normal
 
 from .config import Config
@@ -77,8 +79,21 @@ class HyperVAE(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``(N, d)`` latent points to reconstructions ``(N, C, m, m, m)``."""
-        return self.decoder(z)
+        """``(N, d)`` latent points to reconstructions (means) ``(N, C, m, m, m)``."""
+        return self.decode_dist(z)[0]
+
+    def decode_dist(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(N, d)`` to the mean ``(N, C, m, m, m)`` of ``p(x | z)`` and its per-voxel
+        standard deviation (same shape), or ``None`` for the unit-variance likelihood.
+
+        ``sigma = s_min + softplus(raw)``: the floor ``s_min = likelihood_min_scale`` keeps
+        ``-log sigma`` bounded on flat patches, where the NLL would otherwise fall without limit.
+        """
+        out = self.decoder(z)
+        if self.cfg.likelihood == "unit":
+            return out, None
+        mean, raw = out.chunk(2, dim=1)
+        return mean, self.cfg.likelihood_min_scale + F.softplus(raw)
 
     def negative_elbo(self, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,9 +102,13 @@ class HyperVAE(nn.Module):
         q = self.posterior(loc, scale)
         z = q.rsample(torch.Size([K]))  # (K, B, d)
         kl = (q.log_prob(z) - self.prior(loc).log_prob(z)).mean(0)  # (B,)
-        recon = self.decode(z.reshape(-1, z.shape[-1])).view(K, *x.shape)
-        sq = (recon - x.unsqueeze(0)).pow(2).flatten(2).sum(-1)  # (K, B)
-        nll = 0.5 * (sq + x[0].numel() * LOG_2PI)
+        mean, sigma = self.decode_dist(z.reshape(-1, z.shape[-1]))
+        resid = mean.view(K, *x.shape) - x.unsqueeze(0)
+        if sigma is None:  # -log N(x; mean, 1), summed over voxels
+            nll = 0.5 * (resid.pow(2).flatten(2).sum(-1) + x[0].numel() * LOG_2PI)  # (K, B)
+        else:  # -log N(x; mean, sigma^2) = (x - mean)^2 / (2 sigma^2) + log sigma + log(2 pi) / 2
+            sigma = sigma.view(K, *x.shape)
+            nll = (0.5 * (resid / sigma).pow(2) + sigma.log()).flatten(2).sum(-1) + 0.5 * x[0].numel() * LOG_2PI
         nll = nll.mean(0).to(kl.dtype)
         return nll + self.cfg.kl_weight * kl, nll, kl
 

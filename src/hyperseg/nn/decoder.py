@@ -42,7 +42,8 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = [nn.ReLU(inplace=True), nn.ConvTranspose3d(width, chans[0], last_window)]
         for cin, cout in zip(chans[:-1], chans[1:]):
             layers += [nn.ReLU(inplace=True), nn.ConvTranspose3d(cin, cout, cfg.encoder_kernel)]
-        layers += [nn.ReLU(inplace=True), nn.ConvTranspose3d(chans[-1], cfg.in_channels, cfg.encoder_kernel)]
+        out = cfg.in_channels * (2 if cfg.likelihood == "scale" else 1)  # mean (and raw scale) per channel
+        layers += [nn.ReLU(inplace=True), nn.ConvTranspose3d(chans[-1], out, cfg.encoder_kernel)]
         self.body = nn.Sequential(*layers)
 
     def first_layer(self, z: torch.Tensor) -> torch.Tensor:
