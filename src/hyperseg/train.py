@@ -145,7 +145,9 @@ def read_checkpoint(run: str | Path, map_location: str | torch.device = "cpu") -
         state = torch.load(path, map_location=map_location, weights_only=False)
         if not isinstance(state, dict) or "config" not in state or "model" not in state:
             raise KeyError("config/model")
-        state["config"] = Config.from_dict(state["config"])
+        # checkpoints written before the "likelihood" field existed all used the unit-variance
+        # decoder; the default has since become "scale", so say so explicitly
+        state["config"] = Config.from_dict({"likelihood": "unit", **state["config"]})
     except _UNREADABLE as err:
         raise ValueError(f"{path}: not a usable hyperseg checkpoint ({err})") from err
     return state
