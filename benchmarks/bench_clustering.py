@@ -36,6 +36,7 @@ METHODS = {
     "divisive": ("k-means, nested (divisive)", {"hierarchy": "divisive"}),
     "agglomerative": ("k-means, nested (agglomerative)", {"hierarchy": "agglomerative"}),
     "mixture": ("mixture with a scale per cluster", {"clustering": "mixture"}),
+    "kmedians": ("k-medians, independent levels", {"clustering": "kmedians"}),
 }
 LEVELS = {1: 2, 2: 4, 3: 6}
 

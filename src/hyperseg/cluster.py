@@ -415,6 +415,7 @@ class _LloydKMeans:
 
     _unit = 1.0
     _steps = 1
+    _power = 2  # the objective is sum_i d(x_i, m_{l_i}) ** _power (2: k-means, 1: k-medians)
 
     def __init__(self, n_clusters: int = 8, n_init: int = 4, max_iter: int = 100, tol: float = 1e-6,
                  init: str = "k-means++", sample_size: int | None = None, seed: int = 0,
@@ -475,17 +476,25 @@ class _LloydKMeans:
         n_trials = 2 + int(math.log(K))
         idx = [int(torch.randint(N, (1,), generator=gen))]
         key = pts.pairwise_key(z[idx])[0]  # key of the nearest chosen centroid, (N,)
-        sq = pts.key_to_sq(key)  # its squared distance
+        w = self._seed_weight(pts.key_to_sq(key))  # its distance ** _power
         for _ in range(1, K):
-            cum = torch.cumsum(sq, 0)
+            cum = torch.cumsum(w, 0)
             r = torch.rand(n_trials, generator=gen, dtype=_DTYPE) * cum[-1]
-            cand = torch.searchsorted(cum, r, right=True).clamp_max(N - 1)  # D^2 sampling
+            cand = torch.searchsorted(cum, r, right=True).clamp_max(N - 1)  # D^power sampling
             ck = torch.minimum(pts.pairwise_key(z[cand]), key)  # (n_trials, N)
-            csq = pts.key_to_sq(ck)
-            best = int(csq.sum(1).argmin())  # greedy: the trial with the lowest potential
-            key, sq = ck[best], csq[best]
+            cw = self._seed_weight(pts.key_to_sq(ck))
+            best = int(cw.sum(1).argmin())  # greedy: the trial with the lowest potential
+            key, w = ck[best], cw[best]
             idx.append(int(cand[best]))
         return z[idx].clone()
+
+    def _seed_weight(self, sq: torch.Tensor) -> torch.Tensor:
+        """Seeding weight of each point from its squared distance: ``d ** _power``."""
+        return sq if self._power == 2 else sq.sqrt() ** self._power
+
+    def _objective(self, pts, C: torch.Tensor, labels: torch.Tensor) -> float:
+        """``sum_i d(x_i, C[labels_i]) ** _power`` in the user's distance unit."""
+        return ((pts.rowdist(C, labels) * self._unit) ** self._power).sum().item()
 
     def _reseed_empty(self, pts, labels: torch.Tensor, C: torch.Tensor) -> bool:
         """Move each empty cluster's centroid onto a point farthest from its own centroid (in place).
@@ -513,8 +522,7 @@ class _LloydKMeans:
             if moved < self.tol or moved == 0.0:
                 break
         labels = pts.assign(C)
-        inertia = ((pts.rowdist(C, labels) * self._unit) ** 2).sum().item()
-        return C, labels, inertia, n_iter
+        return C, labels, self._objective(pts, C, labels), n_iter
 
     def fit(self, X, y=None):
         """Fit on ``X`` ``(N, d)`` (numpy or torch, any real dtype). Returns ``self``.
@@ -546,7 +554,7 @@ class _LloydKMeans:
         C, labels, inertia, n_iter = best
         if fit_pts is not pts:
             labels = pts.assign(C)
-            inertia = ((pts.rowdist(C, labels) * self._unit) ** 2).sum().item()
+            inertia = self._objective(pts, C, labels)
         self._centers = C
         self.cluster_centers_ = self._export(C)
         self.labels_ = labels.numpy().astype(np.int64)

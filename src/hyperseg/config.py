@@ -19,6 +19,7 @@ DECODER_INPUTS = ("gyroplane", "linear")
 PATCH_SCALES = ("uniform", "log")
 PAD_MODES = ("replicate", "zeros", "reflect")
 LIKELIHOODS = ("unit", "scale")
+CLUSTERINGS = ("kmeans", "mixture", "kmedians")
 
 
 @dataclass
@@ -96,7 +97,8 @@ class Config:
     kmeans_sample: int = 50000  # k-means is fitted on at most this many voxels, then applied to all
     # "independent": k-means per level (paper); "divisive" / "agglomerative": nested levels (hierarchy.py)
     hierarchy: str = "independent"
-    # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py)
+    # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
+    # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
     # Gaussian smoothing of the embedding field before clustering (smooth.py), standard deviation
     # in voxels of the model grid; 0 = off (the paper). Chosen on validation volumes.
@@ -167,8 +169,8 @@ class Config:
         need(not self.level_smooth_sigma or self.hierarchy == "independent",
              "level_smooth_sigma needs hierarchy 'independent': nested levels are cut from one "
              "embedding field; use smooth_sigma instead")
-        need(self.clustering in ("kmeans", "mixture"),
-             f"clustering must be kmeans or mixture, got {self.clustering!r}")
+        need(self.clustering in CLUSTERINGS,
+             f"clustering must be one of {', '.join(CLUSTERINGS)}, got {self.clustering!r}")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .config import Config
 from .data.preprocess import normalize_for
 from .embed import embed_volume
 from .hierarchy import NestedClustering
+from .kmedians import EuclideanKMedians, HyperbolicKMedians
 from .mixture import EuclideanMixture, HyperbolicMixture
 from .model import HyperVAE
 from .smooth import smooth_embedding
@@ -51,8 +52,8 @@ class Segmentation:
 def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int = 0) -> np.ndarray:
     """Cluster latent points ``(N, d)`` into ``n_clusters``; returns labels ``(N,)`` int64.
 
-    ``cfg.clustering`` picks k-means (the paper) or the mixture with a scale per
-    cluster (:mod:`hyperseg.mixture`).
+    ``cfg.clustering`` picks k-means (the paper), the mixture with a scale per
+    cluster (:mod:`hyperseg.mixture`) or k-medians (:mod:`hyperseg.kmedians`).
 
     Fitted on a random subset of at most ``cfg.kmeans_sample`` points, then
     every point is assigned to its nearest centroid.
@@ -62,6 +63,8 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
     kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, seed=seed, sample_size=cfg.kmeans_sample or None)
     if cfg.clustering == "mixture":
         km = (HyperbolicMixture(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanMixture(**kwargs))
+    elif cfg.clustering == "kmedians":  # Weiszfeld converges linearly: its own (larger) default max_iter
+        km = HyperbolicKMedians(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMedians(**kwargs)
     else:
         kwargs["max_iter"] = cfg.kmeans_max_iter
         km = HyperbolicKMeans(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMeans(**kwargs)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import CLUSTERINGS
 from .common import USER_ERRORS, UserError, add_common
 
 OUTPUT_FORMATS = ("nii.gz", "nii", "tif", "mrc", "npy")
@@ -89,8 +90,10 @@ def add_parser(sub) -> None:
     p.add_argument("--hierarchy", choices=["independent", "divisive", "agglomerative"],
                    help="independent k-means per level (the paper; default), or nested levels: every cluster "
                         "of a finer level inside one of each coarser level")
-    p.add_argument("--clustering", choices=["kmeans", "mixture"],
-                   help="hyperbolic k-means (the paper; default) or a mixture with a scale per cluster")
+    p.add_argument("--clustering", choices=list(CLUSTERINGS),
+                   help="hyperbolic k-means (the paper; default), a mixture with a scale per cluster, or "
+                        "k-medians (geometric-median centroids: large regions are not outvoted by a small, "
+                        "distant one)")
     p.add_argument("--smooth", type=float, metavar="SIGMA",
                    help="Gaussian smoothing of the embedding field before clustering, in voxels "
                         "(default: the configuration's smooth_sigma, 2; 0 = off, as in the paper)")
