@@ -311,3 +311,17 @@ def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
     assert "--level-smooth needs independent levels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         segment(run, src, tmp_path / "x", "--level-smooth", "two=4")
+
+
+def test_level_clustering_option_is_parsed_and_checked(run, tmp_path, capsys):
+    src = tmp_path / "a.npy"
+    np.save(src, blob((12, 10, 8), 6))
+    assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-clustering", "2=kmedians") == 0
+    # level 2 is what a plain k-medians run gives, level 3 what a plain k-means run gives
+    for k, method in (("2", "kmedians"), ("3", "kmeans")):
+        assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--clustering", method) == 0
+        assert np.array_equal(np.load(tmp_path / "o" / f"a_k{k}.npy"), np.load(tmp_path / f"s{k}" / f"a_k{k}.npy"))
+    assert segment(run, src, tmp_path / "n", "--level-clustering", "2=kmedians", "--hierarchy", "divisive") == 2
+    assert "--level-clustering needs independent levels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        segment(run, src, tmp_path / "x", "--level-clustering", "2=kmedoids")

@@ -94,3 +94,28 @@ def test_level_sigmas_are_validated():
         Config(level_smooth_sigma={0: 1.0})
     with pytest.raises(ValueError, match="needs hierarchy 'independent'"):
         Config(level_smooth_sigma={2: 4.0}, hierarchy="divisive")
+
+
+def test_a_level_with_its_own_clustering_method_uses_it_and_the_others_keep_theirs():
+    torch.manual_seed(5)
+    image = np.random.default_rng(5).standard_normal((1, 14, 12, 10)).astype(np.float32)
+    model = HyperVAE(Config(**TINY))
+    plain = segment_array(model, image, levels=[2, 3])
+    model.cfg = model.cfg.replace(clustering="kmedians")
+    medians = segment_array(model, image, levels=[2])
+    model.cfg = model.cfg.replace(clustering="kmeans", level_clustering={2: "kmedians"})
+    mixed = segment_array(model, image, levels=[2, 3])
+    assert np.array_equal(mixed.labels[2], medians.labels[2])  # k = 2 by k-medians
+    assert not np.array_equal(mixed.labels[2], plain.labels[2])  # which differs from k-means here
+    assert np.array_equal(mixed.labels[3], plain.labels[3])  # k = 3 keeps k-means
+
+
+def test_level_clustering_is_validated():
+    import pytest
+
+    with pytest.raises(ValueError, match="level_clustering must map"):
+        Config(level_clustering={2: "kmedoids"})
+    with pytest.raises(ValueError, match="level_clustering must map"):
+        Config(level_clustering={0: "kmedians"})
+    with pytest.raises(ValueError, match="needs hierarchy 'independent'"):
+        Config(level_clustering={2: "kmedians"}, hierarchy="divisive")

@@ -106,6 +106,9 @@ class Config:
     # per-level overrides of smooth_sigma, {number of clusters: sigma}; e.g. {2: 4.0} smooths the
     # two-cluster level more, as coarse levels describe larger structures (independent levels only)
     level_smooth_sigma: dict[int, float] = field(default_factory=dict)
+    # per-level overrides of clustering, {number of clusters: method}; e.g. {2: "kmedians"} keeps the
+    # two large regions of the coarsest level apart (kmedians.py; independent levels only)
+    level_clustering: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +174,13 @@ class Config:
              "embedding field; use smooth_sigma instead")
         need(self.clustering in CLUSTERINGS,
              f"clustering must be one of {', '.join(CLUSTERINGS)}, got {self.clustering!r}")
+        need(isinstance(self.level_clustering, dict)
+             and all(isinstance(k, int) and k >= 1 and v in CLUSTERINGS for k, v in self.level_clustering.items()),
+             f"level_clustering must map numbers of clusters (>= 1) to one of {', '.join(CLUSTERINGS)}, "
+             f"got {self.level_clustering!r}")
+        need(not self.level_clustering or self.hierarchy == "independent",
+             "level_clustering needs hierarchy 'independent': nested levels are cut by one method; "
+             "use clustering instead")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class Segmentation:
 def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int = 0) -> np.ndarray:
     """Cluster latent points ``(N, d)`` into ``n_clusters``; returns labels ``(N,)`` int64.
 
-    ``cfg.clustering`` picks k-means (the paper), the mixture with a scale per
+    ``cfg.level_clustering.get(n_clusters, cfg.clustering)`` picks k-means (the paper), the mixture with a scale per
     cluster (:mod:`hyperseg.mixture`) or k-medians (:mod:`hyperseg.kmedians`).
 
     Fitted on a random subset of at most ``cfg.kmeans_sample`` points, then
@@ -61,9 +61,10 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
     if n_clusters > len(points):
         raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
     kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, seed=seed, sample_size=cfg.kmeans_sample or None)
-    if cfg.clustering == "mixture":
+    method = cfg.level_clustering.get(n_clusters, cfg.clustering)
+    if method == "mixture":
         km = (HyperbolicMixture(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanMixture(**kwargs))
-    elif cfg.clustering == "kmedians":  # Weiszfeld converges linearly: its own (larger) default max_iter
+    elif method == "kmedians":  # Weiszfeld converges linearly: its own (larger) default max_iter
         km = HyperbolicKMedians(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMedians(**kwargs)
     else:
         kwargs["max_iter"] = cfg.kmeans_max_iter

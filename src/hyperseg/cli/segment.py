@@ -72,6 +72,20 @@ def _level_sigma(text: str) -> tuple[int, float]:
     return k_int, s_float
 
 
+def _level_method(text: str) -> tuple[int, str]:
+    """``"K=METHOD"`` -> ``(K, METHOD)`` for ``--level-clustering``."""
+    import argparse
+
+    try:
+        k, method = text.split("=")
+        k_int = int(k)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K=METHOD, e.g. 2=kmedians, got {text!r}") from None
+    if k_int < 1 or method not in CLUSTERINGS:
+        raise argparse.ArgumentTypeError(f"K must be >= 1 and METHOD one of {', '.join(CLUSTERINGS)}, got {text!r}")
+    return k_int, method
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment", help="segment volumes with a trained model",
@@ -100,6 +114,9 @@ def add_parser(sub) -> None:
     p.add_argument("--level-smooth", type=_level_sigma, nargs="+", metavar="K=SIGMA",
                    help="a smoothing sigma for the level with K clusters, e.g. 2=4 (overrides --smooth "
                         "for that level; independent levels only)")
+    p.add_argument("--level-clustering", type=_level_method, nargs="+", metavar="K=METHOD",
+                   help="a clustering method for the level with K clusters, e.g. 2=kmedians (overrides "
+                        "--clustering for that level; independent levels only)")
     p.add_argument("--output-format", type=_output_format, metavar="{" + ",".join(OUTPUT_FORMATS) + "}",
                    help="format of the label maps (default: the input's format)")
     p.add_argument("--mask", type=Path, help="foreground mask for intensity normalisation: one file for every "
@@ -152,6 +169,7 @@ class SegmentJob:
     clustering: str | None = None
     smooth: float | None = None
     level_smooth: dict[int, float] | None = None
+    level_clustering: dict[int, str] | None = None
     seed: int = 0
     output_format: str | None = None
     nan_policy: str = "error"
@@ -206,6 +224,8 @@ class SegmentJob:
             model.cfg = model.cfg.replace(smooth_sigma=self.smooth)
         if self.level_smooth:
             model.cfg = model.cfg.replace(level_smooth_sigma={**model.cfg.level_smooth_sigma, **self.level_smooth})
+        if self.level_clustering:
+            model.cfg = model.cfg.replace(level_clustering={**model.cfg.level_clustering, **self.level_clustering})
         mask_files = mask = None
         if self.mask is not None:
             if self.mask.is_dir():
@@ -347,6 +367,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.level_smooth and args.hierarchy not in (None, "independent"):
         raise UserError("--level-smooth needs independent levels: nested levels are cut from one "
                         "embedding field; drop --hierarchy or use --smooth")
+    if args.level_clustering and args.hierarchy not in (None, "independent"):
+        raise UserError("--level-clustering needs independent levels: nested levels are cut by one "
+                        "method; drop --hierarchy or use --clustering")
     if args.smooth is not None and not args.smooth >= 0:
         raise UserError(f"--smooth must be >= 0 voxels (0 turns smoothing off), got {args.smooth}")
     for k in args.levels or []:
@@ -381,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
     job = SegmentJob(model=args.model, output=args.output, levels=levels, patch_edge=args.patch_edge,
                      hierarchy=args.hierarchy, clustering=args.clustering, smooth=args.smooth,
                      level_smooth=dict(args.level_smooth) if args.level_smooth else None,
+                     level_clustering=dict(args.level_clustering) if args.level_clustering else None,
                      seed=args.seed, output_format=args.output_format, nan_policy=args.nan_policy,
                      mask=args.mask, save_embeddings=args.save_embeddings, report=args.report,
                      skip_existing=args.skip_existing, device=args.device, progress=False)
