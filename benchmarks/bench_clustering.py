@@ -32,11 +32,12 @@ from hyperseg.smooth import smooth_embedding
 from hyperseg.train import load_model
 
 METHODS = {
-    "kmeans": ("k-means, independent levels (paper)", {}),
+    "default": ("k-medians at 2 clusters, k-means above (default)", {}),
+    "kmeans": ("k-means, independent levels (paper)", {"level_clustering": {}}),
     "divisive": ("k-means, nested (divisive)", {"hierarchy": "divisive"}),
     "agglomerative": ("k-means, nested (agglomerative)", {"hierarchy": "agglomerative"}),
-    "mixture": ("mixture with a scale per cluster", {"clustering": "mixture"}),
-    "kmedians": ("k-medians, independent levels", {"clustering": "kmedians"}),
+    "mixture": ("mixture with a scale per cluster", {"clustering": "mixture", "level_clustering": {}}),
+    "kmedians": ("k-medians, independent levels", {"clustering": "kmedians", "level_clustering": {}}),
 }
 LEVELS = {1: 2, 2: 4, 3: 6}
 

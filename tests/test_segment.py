@@ -99,7 +99,7 @@ def test_level_sigmas_are_validated():
 def test_a_level_with_its_own_clustering_method_uses_it_and_the_others_keep_theirs():
     torch.manual_seed(5)
     image = np.random.default_rng(5).standard_normal((1, 14, 12, 10)).astype(np.float32)
-    model = HyperVAE(Config(**TINY))
+    model = HyperVAE(Config(**TINY, level_clustering={}))
     plain = segment_array(model, image, levels=[2, 3])
     model.cfg = model.cfg.replace(clustering="kmedians")
     medians = segment_array(model, image, levels=[2])
@@ -117,5 +117,5 @@ def test_level_clustering_is_validated():
         Config(level_clustering={2: "kmedoids"})
     with pytest.raises(ValueError, match="level_clustering must map"):
         Config(level_clustering={0: "kmedians"})
-    with pytest.raises(ValueError, match="needs hierarchy 'independent'"):
-        Config(level_clustering={2: "kmedians"}, hierarchy="divisive")
+    # nested levels are one k-means tree: the per-level methods (by default k-medians at k = 2) are not used
+    assert Config(hierarchy="divisive").level_clustering == {2: "kmedians"}

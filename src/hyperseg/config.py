@@ -106,9 +106,10 @@ class Config:
     # per-level overrides of smooth_sigma, {number of clusters: sigma}; e.g. {2: 4.0} smooths the
     # two-cluster level more, as coarse levels describe larger structures (independent levels only)
     level_smooth_sigma: dict[int, float] = field(default_factory=dict)
-    # per-level overrides of clustering, {number of clusters: method}; e.g. {2: "kmedians"} keeps the
-    # two large regions of the coarsest level apart (kmedians.py; independent levels only)
-    level_clustering: dict[int, str] = field(default_factory=dict)
+    # per-level overrides of clustering, {number of clusters: method}; nested levels (hierarchy) ignore it. The
+    # default k-medians for 2 clusters keeps two large regions apart where 2-means would give a centroid
+    # to a small, distant group (kmedians.py); chosen on validation volumes (BENCHMARKS.md). {} = the paper.
+    level_clustering: dict[int, str] = field(default_factory=lambda: {2: "kmedians"})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -178,9 +179,6 @@ class Config:
              and all(isinstance(k, int) and k >= 1 and v in CLUSTERINGS for k, v in self.level_clustering.items()),
              f"level_clustering must map numbers of clusters (>= 1) to one of {', '.join(CLUSTERINGS)}, "
              f"got {self.level_clustering!r}")
-        need(not self.level_clustering or self.hierarchy == "independent",
-             "level_clustering needs hierarchy 'independent': nested levels are cut by one method; "
-             "use clustering instead")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -52,8 +52,9 @@ class Segmentation:
 def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int = 0) -> np.ndarray:
     """Cluster latent points ``(N, d)`` into ``n_clusters``; returns labels ``(N,)`` int64.
 
-    ``cfg.level_clustering.get(n_clusters, cfg.clustering)`` picks k-means (the paper), the mixture with a scale per
-    cluster (:mod:`hyperseg.mixture`) or k-medians (:mod:`hyperseg.kmedians`).
+    ``cfg.level_clustering.get(n_clusters, cfg.clustering)`` picks k-means (the
+    paper), the mixture with a scale per cluster (:mod:`hyperseg.mixture`) or
+    k-medians (:mod:`hyperseg.kmedians`).
 
     Fitted on a random subset of at most ``cfg.kmeans_sample`` points, then
     every point is assigned to its nearest centroid.

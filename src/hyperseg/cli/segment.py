@@ -105,9 +105,9 @@ def add_parser(sub) -> None:
                    help="independent k-means per level (the paper; default), or nested levels: every cluster "
                         "of a finer level inside one of each coarser level")
     p.add_argument("--clustering", choices=list(CLUSTERINGS),
-                   help="hyperbolic k-means (the paper; default), a mixture with a scale per cluster, or "
-                        "k-medians (geometric-median centroids: large regions are not outvoted by a small, "
-                        "distant one)")
+                   help="one method for every level: hyperbolic k-means (the paper), a mixture with a scale "
+                        "per cluster, or k-medians (geometric-median centroids: large regions are not outvoted "
+                        "by a small, distant one). Default: k-medians for 2 clusters, k-means otherwise")
     p.add_argument("--smooth", type=float, metavar="SIGMA",
                    help="Gaussian smoothing of the embedding field before clustering, in voxels "
                         "(default: the configuration's smooth_sigma, 2; 0 = off, as in the paper)")
@@ -218,8 +218,8 @@ class SegmentJob:
             model.cfg = model.cfg.replace(embed_patch_edge=self.patch_edge)
         if self.hierarchy:
             model.cfg = model.cfg.replace(hierarchy=self.hierarchy)
-        if self.clustering:
-            model.cfg = model.cfg.replace(clustering=self.clustering)
+        if self.clustering:  # every level, the per-level defaults included; --level-clustering then overrides
+            model.cfg = model.cfg.replace(clustering=self.clustering, level_clustering={})
         if self.smooth is not None:
             model.cfg = model.cfg.replace(smooth_sigma=self.smooth)
         if self.level_smooth:
