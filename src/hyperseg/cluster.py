@@ -375,9 +375,20 @@ def frechet_mean(X, labels=None, n_clusters: int | None = None, c: float = 1.0, 
     (default: the first point of each cluster) until no mean moves by ``tol``
     (Poincare distance) or ``max_iter`` steps have been taken.
     """
+    return _cluster_centres(_BallPoints, X, labels, n_clusters, c, init, max_iter, tol)
+
+
+def _cluster_centres(point_set: type, X, labels, n_clusters: int | None, c: float, init,
+                     max_iter: int, tol: float) -> np.ndarray:
+    """Centre(s) of ball points by ``point_set.update`` run to convergence (Frechet mean, geometric median).
+
+    Shared argument handling of :func:`frechet_mean` and
+    :func:`hyperseg.kmedians.geometric_median`: ``(d,)`` without ``labels``,
+    else ``(K, d)``; an empty cluster gets its ``init`` row, or NaN.
+    """
     if not (_is_real(c) and c > 0):
         raise ValueError(f"curvature magnitude c must be a finite number > 0, got {c!r}")
-    pts = _BallPoints(_to_unit_ball(X, c))
+    pts = point_set(_to_unit_ball(X, c))
     n = pts.z.shape[0]
     if labels is None:
         lab, K = torch.zeros(n, dtype=torch.int64), 1
@@ -583,7 +594,27 @@ class _LloydKMeans:
 # estimators
 # ---------------------------------------------------------------------------
 
-class HyperbolicKMeans(_LloydKMeans):
+class _InBall:
+    """Mixin of the hyperbolic estimators: curvature ``c``, internal coordinates in the unit ball.
+
+    Points are stored as ``z = sqrt(c) x``, so distances computed there scale by ``1/sqrt(c)``.
+    """
+
+    c: float
+
+    def _check_curvature(self) -> None:
+        if not (_is_real(self.c) and self.c > 0):
+            raise ValueError(f"curvature magnitude c must be a finite number > 0, got {self.c!r}")
+
+    @property
+    def _unit(self) -> float:
+        return 1.0 / math.sqrt(self.c)
+
+    def _export(self, C):
+        return (C * self._unit).numpy().copy()
+
+
+class HyperbolicKMeans(_InBall, _LloydKMeans):
     """k-means in the Poincare ball of curvature ``-c`` (Hsu et al. 2021, paper.md 1.7).
 
     Poincare distance for assignment, Frechet mean for centroids (module
@@ -629,14 +660,8 @@ class HyperbolicKMeans(_LloydKMeans):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not (_is_real(self.c) and self.c > 0):
-            raise ValueError(f"curvature magnitude c must be a finite number > 0, got {self.c!r}")
+        self._check_curvature()
         _check_int("frechet_iters", self.frechet_iters, 1)
-
-    # internal coordinates: the unit ball, z = sqrt(c) x; distances scale by 1/sqrt(c)
-    @property
-    def _unit(self) -> float:
-        return 1.0 / math.sqrt(self.c)
 
     @property
     def _steps(self) -> int:
@@ -644,9 +669,6 @@ class HyperbolicKMeans(_LloydKMeans):
 
     def _points(self, X, name="X"):
         return _BallPoints(_to_unit_ball(X, self.c, name))
-
-    def _export(self, C):
-        return (C * self._unit).numpy().copy()
 
 
 class EuclideanKMeans(_LloydKMeans):

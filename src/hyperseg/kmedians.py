@@ -41,7 +41,8 @@ import math
 import numpy as np
 import torch
 
-from .cluster import _BallPoints, _FlatPoints, _as_points, _check_int, _is_real, _LloydKMeans, _project_unit, _to_unit_ball
+from .cluster import (_as_points, _BallPoints, _check_int, _cluster_centres, _FlatPoints, _InBall, _LloydKMeans,
+                      _project_unit, _to_unit_ball)
 from .geometry.poincare import dist, expmap, logmap
 
 __all__ = ["HyperbolicKMedians", "EuclideanKMedians", "geometric_median"]
@@ -110,37 +111,14 @@ def geometric_median(X, labels=None, n_clusters: int | None = None, c: float = 1
     ``X`` ``(N, d)``; without ``labels`` returns the median of all points
     ``(d,)``, otherwise the median of each cluster ``(n_clusters, d)``. Runs
     the Weiszfeld iteration (module docstring) from ``init`` ``(K, d)``
-    (default: each cluster's first point)
-    until no median moves by ``tol`` (Poincare distance) or ``max_iter``
-    steps. A cluster without points gets its ``init`` row, or NaN.
+    (default: each cluster's first point) until no median moves by ``tol``
+    (Poincare distance) or ``max_iter`` steps. A cluster without points gets
+    its ``init`` row, or NaN.
     """
-    if not (_is_real(c) and c > 0):
-        raise ValueError(f"curvature magnitude c must be a finite number > 0, got {c!r}")
-    pts = _MedianBallPoints(_to_unit_ball(X, c))
-    n = pts.z.shape[0]
-    if labels is None:
-        lab, K = torch.zeros(n, dtype=torch.int64), 1
-    else:
-        lab = torch.as_tensor(np.asarray(labels)).reshape(-1).to(torch.int64)
-        if lab.shape[0] != n:
-            raise ValueError(f"labels has {lab.shape[0]} entries but X has {n} points")
-        K = int(lab.max()) + 1 if n_clusters is None else int(n_clusters)
-        if int(lab.min()) < 0 or int(lab.max()) >= K:
-            raise ValueError(f"labels must lie in [0, {K})")
-    counts = torch.bincount(lab, minlength=K)
-    if init is None:
-        first = torch.full((K,), n, dtype=torch.int64).scatter_reduce(0, lab, torch.arange(n), reduce="amin")
-        m0 = pts.z[first.clamp_max(n - 1)]
-        empty = counts == 0
-    else:
-        m0 = _to_unit_ball(torch.as_tensor(np.asarray(init)).reshape(K, -1), c, "init")
-        empty = torch.zeros(K, dtype=torch.bool)
-    m, _ = pts.update(lab, m0, max_iter, tol * math.sqrt(c))
-    m = torch.where(empty[:, None], math.nan, m / math.sqrt(c)).numpy()
-    return m[0] if labels is None else m
+    return _cluster_centres(_MedianBallPoints, X, labels, n_clusters, c, init, max_iter, tol)
 
 
-class HyperbolicKMedians(_LloydKMeans):
+class HyperbolicKMedians(_InBall, _LloydKMeans):
     """k-medians in the Poincare ball of curvature ``-c``: the robust sibling of :class:`HyperbolicKMeans`.
 
     Same API, parameters and fitted attributes as :class:`HyperbolicKMeans`
@@ -165,14 +143,8 @@ class HyperbolicKMedians(_LloydKMeans):
 
     def _check_params(self) -> None:
         super()._check_params()
-        if not (_is_real(self.c) and self.c > 0):
-            raise ValueError(f"curvature magnitude c must be a finite number > 0, got {self.c!r}")
+        self._check_curvature()
         _check_int("median_iters", self.median_iters, 1)
-
-    # internal coordinates: the unit ball, z = sqrt(c) x; distances scale by 1/sqrt(c)
-    @property
-    def _unit(self) -> float:
-        return 1.0 / math.sqrt(self.c)
 
     @property
     def _steps(self) -> int:
@@ -180,9 +152,6 @@ class HyperbolicKMedians(_LloydKMeans):
 
     def _points(self, X, name="X"):
         return _MedianBallPoints(_to_unit_ball(X, self.c, name))
-
-    def _export(self, C):
-        return (C * self._unit).numpy().copy()
 
 
 class EuclideanKMedians(_LloydKMeans):
