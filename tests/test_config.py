@@ -31,3 +31,13 @@ def test_unknown_keys_are_refused(tmp_path):
     (tmp_path / "c.yaml").write_text("latnet: euclidean\n")
     with pytest.raises(ValueError, match="latnet"):
         Config.load(tmp_path / "c.yaml")
+
+
+def test_per_level_dicts_survive_a_json_round_trip():
+    import json
+
+    from hyperseg.config import Config
+
+    cfg = Config(level_smooth_sigma={2: 4.0}, level_clustering={2: "kmedians", 4: "mixture"})
+    back = Config.from_dict(json.loads(json.dumps(cfg.to_dict())))  # JSON turns the int keys into strings
+    assert back == cfg and back.level_clustering == {2: "kmedians", 4: "mixture"}

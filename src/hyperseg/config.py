@@ -190,6 +190,11 @@ class Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown configuration keys {unknown}; known keys are {sorted(known)}")
+        data = dict(data)
+        for name in ("level_smooth_sigma", "level_clustering"):  # JSON keys are strings: "2" -> 2
+            if isinstance(data.get(name), dict):
+                data[name] = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v
+                              for k, v in data[name].items()}
         return cls(**data)
 
     @classmethod
