@@ -43,7 +43,7 @@ import torch
 
 from .cluster import (_as_points, _BallPoints, _check_int, _cluster_centres, _FlatPoints, _InBall, _LloydKMeans,
                       _project_unit, _to_unit_ball)
-from .geometry.poincare import dist, expmap, logmap
+from .geometry.poincare import expmap, lambda_x, logmap
 
 __all__ = ["HyperbolicKMedians", "EuclideanKMedians", "geometric_median"]
 
@@ -67,7 +67,7 @@ class _MedianBallPoints(_BallPoints):
         for steps in range(1, n_steps + 1):
             own = m[labels]  # (N, d)
             v = logmap(own, self.z)  # (N, d), Riemannian norm d_i
-            d = dist(own, self.z)  # (N,)
+            d = v.norm(dim=-1) * lambda_x(own)  # (N,) d_i, read back from v (logmap already computed it)
             w = torch.where(d > COINCIDE, 1.0 / d.clamp_min(COINCIDE), 0.0)
             wsum = torch.bincount(labels, weights=w, minlength=K)  # (K,)
             vsum = self._cluster_sums(labels, v.T, w, K)  # (K, d)
