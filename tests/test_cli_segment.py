@@ -321,6 +321,12 @@ def test_level_clustering_option_is_parsed_and_checked(run, tmp_path, capsys):
     for k, method in (("2", "kmedians"), ("3", "kmeans")):
         assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--clustering", method) == 0
         assert np.array_equal(np.load(tmp_path / "o" / f"a_k{k}.npy"), np.load(tmp_path / f"s{k}" / f"a_k{k}.npy"))
+    # on this volume the two methods disagree at k = 2, and the default is k-medians there
+    assert segment(run, src, tmp_path / "m", "--levels", "2", "--clustering", "kmeans") == 0
+    assert segment(run, src, tmp_path / "d", "--levels", "2") == 0
+    medians = np.load(tmp_path / "s2" / "a_k2.npy")
+    assert not np.array_equal(np.load(tmp_path / "m" / "a_k2.npy"), medians)
+    assert np.array_equal(np.load(tmp_path / "d" / "a_k2.npy"), medians)
     assert segment(run, src, tmp_path / "n", "--level-clustering", "2=kmedians", "--hierarchy", "divisive") == 2
     assert "--level-clustering needs independent levels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
