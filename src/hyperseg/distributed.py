@@ -36,6 +36,7 @@ __all__ = [
     "World",
     "all_gather_object",
     "all_reduce",
+    "barrier",
     "broadcast_object",
     "cleanup",
     "current",
@@ -144,9 +145,24 @@ def init(device: str | torch.device = "cpu", timeout: timedelta | None = None) -
 
 
 def cleanup() -> None:
-    """Leave the process group, if one was joined (safe to call always)."""
+    """Leave the process group, if one was joined (safe to call always).
+
+    After a successful run call :func:`barrier` first: a rank that tears the
+    group down while a peer is still inside a collective (or still talking to
+    rank 0's rendezvous store) can take that peer down with it.
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait until every process gets here (a no-op in a single process).
+
+    Only for the success path: after a failure on one rank the others would
+    wait here until the group's timeout.
+    """
+    if _active():
+        dist.barrier()
 
 
 def _active() -> bool:

@@ -188,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
               resume=args.resume is not None, command=shlex.split(command), input_path=source)
         if world.is_main:
             print(f"saved the model to {run_dir}")
+        distributed.barrier()  # every rank done before any leaves the group
         return 0
     finally:
         distributed.cleanup()
