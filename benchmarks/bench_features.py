@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LinearRegression
 
-from hyperseg.benchmark.baselines import kmeans_local_stats
+from hyperseg.benchmark.baselines import kmeans_local_stats, local_mean_std
 from hyperseg.config import Config
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import highpass, normalize_for
@@ -55,16 +54,6 @@ def log0(x: np.ndarray, c: float) -> np.ndarray:
     sc = np.sqrt(c) * np.linalg.norm(x, axis=-1, keepdims=True)
     sc = np.clip(sc, 1e-12, 1 - ARTANH_GUARD)
     return np.arctanh(sc) * x / sc
-
-
-def local_stats(volume: np.ndarray, sigma: float = 2.0) -> np.ndarray:
-    """Local mean and standard deviation of the z-scored first channel, ``(D*H*W, 2)``."""
-    v = np.asarray(volume, dtype=np.float64)
-    v = v[0] if v.ndim == 4 else v
-    z = (v - v.mean()) / (v.std() or 1.0)
-    m = ndi.gaussian_filter(z, sigma, mode="nearest")
-    s = np.sqrt(np.maximum(ndi.gaussian_filter(z * z, sigma, mode="nearest") - m * m, 0.0))
-    return np.stack([m.ravel(), s.ravel()], 1)
 
 
 def foreground_refined(level1: np.ndarray, shape: tuple[int, ...], split) -> dict[int, np.ndarray]:
@@ -109,7 +98,7 @@ def main() -> None:
         truth = {lvl: read_labels(args.data / "labels" / f"{case}_level{lvl}.nii.gz") for lvl in LEVELS}
         image = read_volume(f).array
         seen = highpass(image, sigma_hp, mask="auto") if sigma_hp > 0 else image
-        L = local_stats(seen)
+        L = local_mean_std(seen)[:2].reshape(2, -1).T  # first channel's (mean, std) per voxel, (N, 2)
         Lz = (L - L.mean(0)) / L.std(0)
         for lvl, k in LEVELS.items():
             add("k-means on local mean + std", lvl, kmeans_local_stats(seen, k, seed=0), truth[lvl])

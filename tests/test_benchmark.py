@@ -54,6 +54,25 @@ def test_local_statistics_separate_textures_of_equal_mean_where_intensity_cannot
     assert mean_dice(kmeans_intensity(image[None], 2), truth) < 0.8
 
 
+def test_local_mean_and_std_are_gaussian_weighted_moments_of_the_z_scored_channel():
+    from hyperseg.benchmark.baselines import local_mean_std
+
+    rng = np.random.default_rng(3)
+    image = rng.standard_normal((1, 20, 20, 20)) * 3.0 + 5.0
+    sigma, centre, r = 1.0, (10, 9, 11), 4  # scipy truncates the kernel at 4 sigma
+    feats = local_mean_std(image, sigma)
+    assert feats.shape == (2, 20, 20, 20)
+    z = (image[0] - image.mean()) / image.std()
+    x = np.arange(-r, r + 1)
+    w1 = np.exp(-x**2 / (2 * sigma**2))
+    w1 /= w1.sum()
+    w = w1[:, None, None] * w1[None, :, None] * w1[None, None, :]
+    window = z[tuple(slice(c - r, c + r + 1) for c in centre)]
+    mean = (w * window).sum()
+    std = np.sqrt((w * window**2).sum() - mean**2)
+    np.testing.assert_allclose(feats[:, centre[0], centre[1], centre[2]], [mean, std], rtol=1e-10)
+
+
 def test_every_table_row_is_defined_once():
     names = [r.method for r in ROWS]
     assert len(names) == len(set(names))

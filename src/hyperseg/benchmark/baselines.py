@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BASELINES", "kmeans_intensity", "gmm_intensity", "kmeans_local_stats", "multi_otsu", "slic_kmeans"]
+__all__ = ["BASELINES", "kmeans_intensity", "gmm_intensity", "kmeans_local_stats", "local_mean_std", "multi_otsu",
+           "slic_kmeans"]
 
 
 def _need(module: str):
@@ -76,6 +77,18 @@ def kmeans_local_stats(volume: np.ndarray, k: int, seed: int = 0, sigma: float =
     feature z-scored again before k-means (k-means++, 4 inits).
     """
     cluster = _need("sklearn.cluster")
+    X = _features(local_mean_std(volume, sigma))
+    km = cluster.KMeans(n_clusters=k, n_init=4, random_state=seed).fit(_sample(X, sample, seed))
+    return km.predict(X).reshape(np.shape(volume)[-3:]).astype(np.int64)
+
+
+def local_mean_std(volume: np.ndarray, sigma: float = 2.0) -> np.ndarray:
+    """Local mean and standard deviation of every z-scored channel: ``(2C, D, H, W)`` float64.
+
+    ``m = G * z`` and ``s = sqrt(max(G * z^2 - m^2, 0))`` with a Gaussian ``G`` of
+    ``sigma`` voxels (the ``max`` guards against rounding below zero in flat regions);
+    channels in the order ``m_0, s_0, m_1, s_1, ...``.
+    """
     from scipy import ndimage as ndi
 
     v = np.asarray(volume, dtype=np.float64)
@@ -86,9 +99,7 @@ def kmeans_local_stats(volume: np.ndarray, k: int, seed: int = 0, sigma: float =
         m = ndi.gaussian_filter(ch, sigma, mode="nearest")
         s2 = ndi.gaussian_filter(ch * ch, sigma, mode="nearest") - m * m
         feats += [m, np.sqrt(np.maximum(s2, 0.0))]
-    X = _features(np.stack(feats))
-    km = cluster.KMeans(n_clusters=k, n_init=4, random_state=seed).fit(_sample(X, sample, seed))
-    return km.predict(X).reshape(v.shape[-3:]).astype(np.int64)
+    return np.stack(feats)
 
 
 def multi_otsu(volume: np.ndarray, k: int, seed: int = 0, bins: int | None = None) -> np.ndarray:
