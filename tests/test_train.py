@@ -124,3 +124,18 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("RANK", "0")
     assert main(["train", "-i", str(tmp_path), "-o", str(tmp_path / "run"), "--nproc", "2", "-q"]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_intensity_jitter_changes_what_is_trained_and_stays_reproducible(tmp_path):
+    image = generate_volume(np.random.default_rng(0), shape=(16, 16, 16))[0][None]
+
+    def weights(name: str, **extra) -> dict[str, torch.Tensor]:
+        model = train(Config(**TINY, **extra), [image], tmp_path / name, steps=3, progress=False)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain = weights("plain")
+    jitter = weights("jitter", intensity_offset=1.0, intensity_gain=0.3)
+    again = weights("again", intensity_offset=1.0, intensity_gain=0.3)
+    assert all(torch.equal(jitter[k], again[k]) for k in jitter)
+    assert any(not torch.equal(jitter[k], plain[k]) for k in plain if plain[k].is_floating_point())
+    assert all(torch.isfinite(v).all() for v in jitter.values() if v.is_floating_point())

@@ -76,6 +76,11 @@ class Config:
     # remove a smooth bias field before normalising: subtract each channel's Gaussian-smoothed
     # copy (sigma in voxels; 0 = off). Larger than the structures to keep (data/preprocess.py)
     highpass_sigma: float = 0.0
+    # intensity jitter of triplet patches (data/augment.py): every parent, positive and negative
+    # patch gets its own offset, intensity_offset x (std of the batch's parents) x N(0, 1), and a
+    # contrast factor exp(intensity_gain x N(0, 1)) about its own mean; 0 = off (the paper)
+    intensity_offset: float = 0.0
+    intensity_gain: float = 0.0
 
     # --- training ---------------------------------------------------------
     batch_size: int = 32  # triplets per step
@@ -154,6 +159,9 @@ class Config:
         need(self.normalize_mask in ("auto", "none"),
              f"normalize_mask must be 'auto' or 'none', got {self.normalize_mask!r}")
         need(self.highpass_sigma >= 0, f"highpass_sigma must be >= 0 voxels (0 = off), got {self.highpass_sigma}")
+        need(self.intensity_offset >= 0 and self.intensity_gain >= 0,
+             f"intensity_offset and intensity_gain must be >= 0 (0 = off), got {self.intensity_offset} "
+             f"and {self.intensity_gain}")
         need(self.batch_size >= 1 and self.lr > 0 and self.steps >= 0, "batch_size, lr, steps must be positive")
         need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         need(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")

@@ -57,6 +57,7 @@ from . import __version__
 from . import distributed as hdist
 from .config import Config
 from .data.preprocess import normalize_for
+from .data.augment import jitter_intensity
 from .data.sampler import TripletSampler
 from .model import HyperVAE
 from .utils import atomic_write, atomic_write_text
@@ -362,7 +363,9 @@ def train(
     try:
         stop = step >= steps
         while not stop:
-            parent, pos, neg = (t.to(device) for t in sampler.sample(cfg.batch_size, gen))
+            triplet = jitter_intensity(sampler.sample(cfg.batch_size, gen), cfg.intensity_offset,
+                                       cfg.intensity_gain, gen)
+            parent, pos, neg = (t.to(device) for t in triplet)
             loss, stats = objective(parent, pos, neg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
