@@ -129,12 +129,14 @@ def test_resume_keeps_finished_rows_and_runs_only_the_missing_ones(tmp_path):
         run_benchmark(tmp_path, other, rows=["multi-Otsu"], progress=False, isolate=False, resume=True)
 
 
-def test_a_dataset_highpass_reaches_every_row(tmp_path):
+def test_a_dataset_highpass_and_configuration_reach_every_row(tmp_path):
     from hyperseg.data.io import read_labels, read_volume
     from hyperseg.data.preprocess import highpass
 
     profile = Profile("tiny", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("irregular",),
-                      config=TINY, highpass={"irregular": 4.0}, threads=1)
+                      config=TINY, highpass={"irregular": 4.0},
+                      dataset_config={"irregular": {"intensity_offset": 0.5}, "simple": {"intensity_offset": 9.0}},
+                      threads=1)
     rows = run_benchmark(tmp_path, profile, rows=["k-means on intensity", FULL_MODEL], progress=False,
                          isolate=False)
     measured = {r["method"]: r for r in rows if r["measured"]}
@@ -149,6 +151,9 @@ def test_a_dataset_highpass_reaches_every_row(tmp_path):
     # the model row trained with it in its configuration
     run = next((tmp_path / "runs").glob("irregular_*seed0"))
     assert "highpass_sigma: 4.0" in (run / "config.yaml").read_text()
+    # and with the dataset's own overrides (not another dataset's), recorded in the result row
+    assert "intensity_offset: 0.5" in (run / "config.yaml").read_text()
+    assert measured[FULL_MODEL]["config"]["intensity_offset"] == 0.5
 
 
 def test_classical_row_in_a_fresh_process_through_the_cli(tmp_path, capsys, monkeypatch):

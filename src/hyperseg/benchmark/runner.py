@@ -42,7 +42,10 @@ class Profile:
     applied to every model row; ``highpass``: ``{dataset: sigma}``, a bias-field
     high-pass (:func:`hyperseg.data.preprocess.highpass`) applied to *every*
     row's input on that dataset, the classical rows included, so that all rows
-    see the same images; ``threads``: torch threads per row process.
+    see the same images; ``dataset_config``: ``{dataset: overrides}``, applied
+    on top of ``config`` to every model row of that dataset (the ablations
+    included, so that they stay comparable); ``threads``: torch threads per row
+    process.
     """
 
     name: str
@@ -54,6 +57,7 @@ class Profile:
     size: int = 50
     config: dict[str, Any] = field(default_factory=dict)
     highpass: dict[str, float] = field(default_factory=dict)
+    dataset_config: dict[str, dict[str, Any]] = field(default_factory=dict)
     threads: int = 2
 
 
@@ -150,10 +154,11 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
 
     _, train_images, _ = _load_split(data, "train")
     variants = ["independent", *row.nested]
+    overrides = {**profile.config, **profile.dataset_config.get(dataset, {}), **row.overrides}
     scores: dict[str, dict[int, list[list[float]]]] = {v: {lvl: [] for lvl in levels} for v in variants}
     cluster_seconds = {v: 0.0 for v in variants}
     for seed in profile.seeds:
-        cfg = Config(**{**profile.config, **row.overrides, "seed": seed, "levels": ks, "steps": profile.steps,
+        cfg = Config(**{**overrides, "seed": seed, "levels": ks, "steps": profile.steps,
                         "highpass_sigma": sigma})
         run_dir = work / f"{dataset}_{row.method.replace(' ', '_').replace('+', 'and')}_seed{seed}"
         model = train(cfg, train_images, run_dir, steps=profile.steps, progress=False)
@@ -183,7 +188,7 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
         seconds = total - cluster_seconds["independent"] + cluster_seconds[v] if v != "independent" else total
         out.append({**base, "method": name, "dice": mean, "dice_std": std, "dice_seed_std": seed_std,
                     "n_seeds": len(profile.seeds), "steps": profile.steps,
-                    "config": {**profile.config, **row.overrides, **({"hierarchy": v} if v != "independent" else {})},
+                    "config": {**overrides, **({"hierarchy": v} if v != "independent" else {})},
                     "seconds": round(seconds, 1), "peak_mb": round(peak_mb(), 1)})
     return out
 
