@@ -12,7 +12,8 @@ from hyperseg.data.augment import jitter_intensity
 
 def _patches(seed: int = 0, b: int = 6, c: int = 2, m: int = 4) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    return tuple(torch.randn(b, c, m, m, m, generator=g) * 2.0 + 3.0 for _ in range(3))
+    scale = torch.arange(1, c + 1, dtype=torch.float32).view(1, c, 1, 1, 1) * 2.0  # channels differ in spread
+    return tuple(torch.randn(b, c, m, m, m, generator=g) * scale + 3.0 for _ in range(3))
 
 
 def _naive(patches, offset, gain, gen):

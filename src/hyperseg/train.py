@@ -56,8 +56,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from . import distributed as hdist
 from .config import Config
-from .data.preprocess import normalize_for
 from .data.augment import jitter_intensity
+from .data.preprocess import normalize_for
 from .data.sampler import TripletSampler
 from .model import HyperVAE
 from .utils import atomic_write, atomic_write_text

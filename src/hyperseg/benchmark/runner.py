@@ -69,8 +69,8 @@ PROFILES = {
     # chosen on its validation volumes (BENCHMARKS.md, "The irregular bar"); the simple one keeps the default.
     "quick": Profile("quick", steps=150, n_train=40, n_test=4, config={"kmeans_n_init": 2},
                      highpass={"irregular": 6.0}, dataset_config={"irregular": {"intensity_offset": 1.0}}),
-    # 42 models of 1500 steps (the default; 9-12.5 min each with evaluation on 2 cores, measured in
-    # sessions 5-8) and 20 test volumes: ~6-8 hours
+    # 42 models of 1500 steps (the default; 9-16 min each with evaluation on 2 cores, measured in
+    # sessions 5-8) and 20 test volumes: ~6-11 hours
     "full": Profile("full", steps=1500, n_train=80, n_test=20, highpass={"irregular": 6.0},
                     dataset_config={"irregular": {"intensity_offset": 1.0}}),
 }
