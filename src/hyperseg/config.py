@@ -34,7 +34,9 @@ class Config:
     latent: str = "hyperbolic"  # "hyperbolic" (Poincare ball) or "euclidean" (ablation)
     decoder_input: str = "gyroplane"  # "gyroplane" conv on z, or "linear" on log_0(z) (ablation)
     latent_dim: int = 4  # paper: d = 2 in all experiments; 4 chosen here on validation volumes (BENCHMARKS.md)
-    c: float = 1.0  # curvature magnitude: the ball has curvature -c (paper: c = 1)
+    # curvature magnitude: the ball has curvature -c (paper: c = 1); 3 and 10 scored worse and 0.3 no
+    # better on the irregular validation volumes (BENCHMARKS.md, session 9)
+    c: float = 1.0
     patch_edge: int = 10  # model input edge m (paper: 10)
     in_channels: int = 1
     encoder_channels: list[int] = field(default_factory=lambda: [32, 32, 64, 64])
