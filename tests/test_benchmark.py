@@ -156,6 +156,23 @@ def test_a_dataset_highpass_and_configuration_reach_every_row(tmp_path):
     assert measured[FULL_MODEL]["config"]["intensity_offset"] == 0.5
 
 
+def test_triplet_settings_reach_only_the_rows_with_a_triplet_loss(tmp_path):
+    # the intensity offset shapes what the triplet loss can match; a row without that loss
+    # trains without it (BENCHMARKS.md, session 9), and a row's own overrides still win
+    profile = Profile("tiny", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("irregular",),
+                      config=TINY, dataset_config={"irregular": {"intensity_gain": 0.1}},
+                      triplet_config={"irregular": {"intensity_offset": 0.7}}, threads=1)
+    rows = run_benchmark(tmp_path, profile, rows=["Euclidean base", "Euclidean + triplet"], progress=False,
+                         isolate=False)
+    config = {r["method"]: r["config"] for r in rows if r["measured"]}
+    assert config["Euclidean + triplet"]["intensity_offset"] == 0.7
+    assert "intensity_offset" not in config["Euclidean base"]
+    assert config["Euclidean base"]["intensity_gain"] == config["Euclidean + triplet"]["intensity_gain"] == 0.1
+    trained = {p.name: p.joinpath("config.yaml").read_text() for p in (tmp_path / "runs").iterdir()}
+    assert "intensity_offset: 0.7" in trained["irregular_Euclidean_and_triplet_seed0"]
+    assert "intensity_offset: 0.0" in trained["irregular_Euclidean_base_seed0"]
+
+
 def test_classical_row_in_a_fresh_process_through_the_cli(tmp_path, capsys, monkeypatch):
     import hyperseg.benchmark.runner as runner
 
