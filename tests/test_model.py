@@ -57,6 +57,22 @@ def test_triplet_loss_matches_the_paper_formula():
     assert model.triplet_loss(p, neg, pos).item() > 0.2
 
 
+def test_squared_triplet_loss_matches_the_released_code():
+    # released code: relu(dist(p, pos)**2 - dist(p, neg)**2 + margin), Poincare or Euclidean
+    p = torch.tensor([[0.1, 0.2]], dtype=torch.float64)
+    pos = torch.tensor([[0.3, -0.1]], dtype=torch.float64)
+    neg = torch.tensor([[-0.2, 0.35]], dtype=torch.float64)
+    hyper = HyperVAE(Config(**SMALL, triplet_distance="squared", triplet_margin=0.3))
+    dp, dn = hyper.latent_dist(p, pos).item(), hyper.latent_dist(p, neg).item()
+    assert hyper.triplet_loss(p, pos, neg).item() == pytest.approx(max(0.0, dp**2 - dn**2 + 0.3), rel=1e-12)
+    euclid = HyperVAE(Config(**SMALL, latent="euclidean", decoder_input="linear", triplet_distance="squared"))
+    want = max(0.0, float(((p - pos) ** 2).sum() - ((p - neg) ** 2).sum()) + 0.2)
+    assert euclid.triplet_loss(p, pos, neg).item() == pytest.approx(want, rel=1e-12)
+    assert want != pytest.approx(max(0.0, float((p - pos).norm() - (p - neg).norm()) + 0.2))
+    with pytest.raises(ValueError, match="triplet_distance must be one of"):
+        Config(triplet_distance="cosine")
+
+
 def test_kl_estimate_is_zero_when_posterior_equals_prior():
     model = HyperVAE(Config(**{**SMALL, "n_samples": 64}))
     x = torch.zeros(2, 1, 10, 10, 10)

@@ -113,6 +113,36 @@ def test_negative_is_uniform_over_valid_positions():
     assert max(counts.values()) < 1.6 * expected and min(counts.values()) > 0.5 * expected
 
 
+def test_all_axes_negative_is_uniform_over_positions_separated_on_every_axis():
+    # the released code's placement: the negative lies outside the parent's range on all three axes
+    vol = _rand_volume(1, 12, 12, 12)
+    sampler = TripletSampler([vol], parent_range=(5, 5), child_range=(3, 3), negatives="all_axes")
+    n = 20000
+    s = torch.tensor([[2, 3, 4]]).expand(n, 3)
+    r = torch.full((n,), 5)
+    c = torch.full((n,), 3)
+    neg = sampler._negatives(torch.zeros(n, dtype=torch.long), r, c, s, _gen(6))
+    valid = [p for p in itertools.product(range(10), repeat=3)
+             if all(p[a] + 3 <= s[0, a] or p[a] >= s[0, a] + 5 for a in range(3))]
+    counts = {}
+    for p in map(tuple, neg.tolist()):
+        counts[p] = counts.get(p, 0) + 1
+    assert set(counts) == set(valid)  # every position separated on all axes is reached, nothing else
+    expected = n / len(valid)
+    assert max(counts.values()) < 1.3 * expected and min(counts.values()) > 0.7 * expected
+
+
+def test_all_axes_sampling_keeps_every_triplet_valid():
+    vols = [_rand_volume(1, 50, 50, 50), _rand_volume(1, 32, 40, 36, seed=1)]
+    sampler = TripletSampler(vols, negatives="all_axes")
+    _, _, _, boxes = sampler.sample(512, _gen(4), return_boxes=True)
+    _check_geometry(sampler, boxes, (5, 34), (3, 14))
+    s, r, c, neg = boxes.parent_start, boxes.parent_edge, boxes.child_edge, boxes.negative_start
+    assert ((neg + c[:, None] <= s) | (neg >= s + r[:, None])).all()  # separated along every axis
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        TripletSampler(vols, negatives="far")
+
+
 def test_constant_parents_are_rejected():
     vol = torch.zeros(1, 50, 50, 50)
     vol[0, 20:23, 30:33, 10:13] = 1.0

@@ -139,3 +139,17 @@ def test_intensity_jitter_changes_what_is_trained_and_stays_reproducible(tmp_pat
     assert all(torch.equal(jitter[k], again[k]) for k in jitter)
     assert any(not torch.equal(jitter[k], plain[k]) for k in plain if plain[k].is_floating_point())
     assert all(torch.isfinite(v).all() for v in jitter.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("setting", [{"negatives": "all_axes"}, {"triplet_distance": "squared"}])
+def test_released_code_triplet_settings_reach_training(tmp_path, setting):
+    # each of the released code's triplet choices (paper.md 1.4) changes what is trained
+    image = generate_volume(np.random.default_rng(0), shape=(24, 24, 24))[0][None]
+
+    def weights(name: str, **extra) -> dict[str, torch.Tensor]:
+        model = train(Config(**TINY, **extra), [image], tmp_path / name, steps=3, progress=False)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    plain, changed = weights("plain"), weights("changed", **setting)
+    assert any(not torch.equal(changed[k], plain[k]) for k in plain if plain[k].is_floating_point())
+    assert all(torch.isfinite(v).all() for v in changed.values() if v.is_floating_point())

@@ -20,6 +20,8 @@ PATCH_SCALES = ("uniform", "log")
 PAD_MODES = ("replicate", "zeros", "reflect")
 LIKELIHOODS = ("unit", "scale")
 CLUSTERINGS = ("kmeans", "mixture", "kmedians")
+TRIPLET_DISTANCES = ("distance", "squared")
+NEGATIVES = ("disjoint", "all_axes")  # negative-child placements of data/sampler.py
 
 
 @dataclass
@@ -52,6 +54,9 @@ class Config:
     triplet: bool = True  # hierarchical triplet loss on encoder means
     triplet_weight: float = 1e3  # paper: beta = 1e3
     triplet_margin: float = 0.2  # paper: alpha = 0.2
+    # "distance": max(0, d_pos - d_neg + margin), the paper's equation; "squared": the same with
+    # squared distances, as the released code computes it (paper.md 1.4)
+    triplet_distance: str = "distance"
     prior_scale: float = 1.0  # paper's code: wrapped normal prior with sigma = 1
     # "mean": L = mean_b(-ELBO) + beta mean_b(triplet), the paper's Eq. (9) per example;
     # "sum": the released code's sum of the ELBO over the batch (shrinks beta by the batch size)
@@ -68,6 +73,9 @@ class Config:
     parent_range: list[int] = field(default_factory=lambda: [5, 34])  # paper's code: randint(5, 35)
     child_range: list[int] = field(default_factory=lambda: [3, 14])  # paper's code: 3..14
     patch_scale: str = "uniform"  # "uniform" (paper, synthetic) or "log" (paper, large volumes)
+    # where the negative child may lie (data/sampler.py): "disjoint", anywhere not overlapping the
+    # parent; "all_axes", separated from the parent along every axis (as the released code draws it)
+    negatives: str = "disjoint"
     normalize: bool = True  # z-score each channel of each volume before use
     # robust normalisation (data/preprocess.py): percentiles (in %) each channel is clipped to
     # inside the foreground before z-scoring, or null for no clipping
@@ -144,6 +152,8 @@ class Config:
              f"convolutions of kernel {self.encoder_kernel}; use fewer layers or a larger patch_edge")
         need(self.n_samples >= 1, "n_samples must be >= 1")
         need(self.triplet_margin >= 0, "triplet_margin must be >= 0")
+        need(self.triplet_distance in TRIPLET_DISTANCES,
+             f"triplet_distance must be one of {TRIPLET_DISTANCES}, got {self.triplet_distance!r}")
         need(self.prior_scale > 0, "prior_scale must be > 0")
         need(self.elbo_reduction in ("mean", "sum"), "elbo_reduction must be 'mean' or 'sum'")
         need(self.likelihood in LIKELIHOODS, f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
@@ -155,6 +165,7 @@ class Config:
              f"child_range must be [lo, hi] with 1 <= lo <= hi, lo <= parent lo and hi < parent hi, "
              f"got {self.child_range} for parent_range {self.parent_range}")
         need(self.patch_scale in PATCH_SCALES, f"patch_scale must be one of {PATCH_SCALES}")
+        need(self.negatives in NEGATIVES, f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         need(self.clip_percentiles is None or (len(self.clip_percentiles) == 2
              and 0 <= self.clip_percentiles[0] < self.clip_percentiles[1] <= 100),
              f"clip_percentiles must be [lo, hi] with 0 <= lo < hi <= 100, or null, got {self.clip_percentiles}")

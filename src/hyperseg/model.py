@@ -13,7 +13,8 @@ negative child), following the paper's Eq. (8)-(9) and its released code:
   normals on the ball (normals for the Euclidean ablation).
 * ``triplet = max(0, d(mu_p, mu_pos) - d(mu_p, mu_neg) + margin)`` on the
   encoder means with the Poincare distance (Euclidean for the Euclidean
-  latent): the paper's equation, not the released code's squared distance.
+  latent): the paper's equation; ``triplet_distance: squared`` squares both
+  distances, as the released code does.
 
 By default both terms are averaged over the batch (``elbo_reduction:
 mean``), which is the paper's Eq. (9) per example. The released code sums
@@ -113,9 +114,14 @@ class HyperVAE(nn.Module):
         return nll + self.cfg.kl_weight * kl, nll, kl
 
     def triplet_loss(self, mu_p: torch.Tensor, mu_pos: torch.Tensor, mu_neg: torch.Tensor) -> torch.Tensor:
-        """``max(0, d(mu_p, mu_pos) - d(mu_p, mu_neg) + margin)`` per triplet, ``(B,)``."""
+        """``max(0, d(mu_p, mu_pos) - d(mu_p, mu_neg) + margin)`` per triplet, ``(B,)``.
+
+        With ``triplet_distance: squared`` both distances are squared (the released code).
+        """
         d_pos = self.latent_dist(mu_p, mu_pos)
         d_neg = self.latent_dist(mu_p, mu_neg)
+        if self.cfg.triplet_distance == "squared":
+            d_pos, d_neg = d_pos ** 2, d_neg ** 2
         return torch.relu(d_pos - d_neg + self.cfg.triplet_margin)
 
     def loss(self, parent: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor

@@ -283,7 +283,7 @@ def train(
         torch.manual_seed(rank_seed(cfg.seed, world.rank))  # posterior samples differ across ranks too
     volumes = prepare_volumes(arrays, cfg)
     sampler = TripletSampler(volumes, patch_edge=cfg.patch_edge, parent_range=tuple(cfg.parent_range),
-                             child_range=tuple(cfg.child_range), scale=cfg.patch_scale)
+                             child_range=tuple(cfg.child_range), scale=cfg.patch_scale, negatives=cfg.negatives)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     step = skipped = 0

@@ -19,10 +19,15 @@ volume, each resized to ``m^3`` (``m = patch_edge``) by trilinear interpolation:
   exactly when ``r - c`` is even, and are half a voxel apart per axis otherwise).
 * **negative child**: the positive's edge ``c``; drawn *uniformly over all start
   positions* whose box lies inside the volume and does not overlap the parent box,
-  i.e. is separated from it along at least one axis (exact sampling, no rejection:
-  the valid set is split by the first separating axis). A parent that leaves no
-  room for such a box on any axis is rejected and redrawn, which slightly favours
-  smaller parents in small volumes.
+  i.e. is separated from it along at least one axis (``negatives="disjoint"``, the
+  default; exact sampling, no rejection: the valid set is split by the first
+  separating axis). With ``negatives="all_axes"`` the box must be separated from the
+  parent along *every* axis, each axis drawn uniformly and independently over its
+  separated starts: farther away, closer to the released code, which draws the
+  negative's centre outside the parent's index range on all three axes (paper.md
+  1.4). A parent that leaves no room for such a box (on any axis, or for
+  ``all_axes`` on every axis) is rejected and redrawn, which favours smaller
+  parents in small volumes.
 * **rejection of constant parents**: a parent whose resized ``m^3`` patch (what the
   encoder sees) has standard deviation below ``min_std * max(1, max|x|)`` is
   rejected (the relative factor absorbs float32 rounding of the interpolation on a
@@ -58,7 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["TripletBoxes", "TripletSampler", "extract_patches", "SCALES"]
+from ..config import NEGATIVES
+
+__all__ = ["TripletBoxes", "TripletSampler", "extract_patches", "SCALES", "NEGATIVES"]
 
 SCALES = ("uniform", "log")
 _CHUNK = 2048  # patches per grid_sample call (bounds the grid's memory)
@@ -155,13 +162,15 @@ class TripletSampler:
         child_range: inclusive range of child edges (paper's code: 3..14);
             ``child_lo <= parent_lo`` is required.
         scale: ``"uniform"`` (paper, synthetic data) or ``"log"`` (paper, large volumes).
+        negatives: ``"disjoint"`` (no overlap with the parent) or ``"all_axes"`` (separated
+            from the parent along every axis); see the module docstring.
         min_std: parents whose resized patch has a lower standard deviation are rejected.
         max_tries: rounds of vectorised rejection before giving up.
     """
 
     def __init__(self, volumes: Sequence[Tensor], patch_edge: int = 10, parent_range: Sequence[int] = (5, 34),
                  child_range: Sequence[int] = (3, 14), scale: str = "uniform", min_std: float = 1e-6,
-                 max_tries: int = 50) -> None:
+                 max_tries: int = 50, negatives: str = "disjoint") -> None:
         if isinstance(patch_edge, bool) or int(patch_edge) != patch_edge or patch_edge < 2:
             raise ValueError(f"patch_edge must be an integer >= 2, got {patch_edge!r}")
         self.patch_edge = int(patch_edge)
@@ -173,6 +182,9 @@ class TripletSampler:
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         self.scale = scale
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        self.negatives = negatives
         if not (isinstance(min_std, (int, float)) and math.isfinite(min_std) and min_std >= 0):
             raise ValueError(f"min_std must be a finite number >= 0, got {min_std!r}")
         self.min_std = float(min_std)
@@ -218,7 +230,8 @@ class TripletSampler:
 
     def __repr__(self) -> str:
         return (f"TripletSampler({len(self.volumes)} volumes, patch_edge={self.patch_edge}, "
-                f"parent_range={self.parent_range}, child_range={self.child_range}, scale={self.scale!r})")
+                f"parent_range={self.parent_range}, child_range={self.child_range}, scale={self.scale!r}, "
+                f"negatives={self.negatives!r})")
 
     # ------------------------------------------------------------------
     def _draw(self, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -240,7 +253,7 @@ class TripletSampler:
         c = torch.minimum(clo + (u[:, 1] * (c_hi - clo + 1)).floor().long(), c_hi)
         s = torch.minimum((u[:, 2:5] * (shape - r[:, None] + 1)).floor().long(), shape - r[:, None])
         room = (s >= c[:, None]) | (shape - s - r[:, None] >= c[:, None])  # a negative fits on that axis
-        return vol, r, c, s, room.any(dim=1)
+        return vol, r, c, s, (room.all(dim=1) if self.negatives == "all_axes" else room.any(dim=1))
 
     def _negatives(self, vol: Tensor, r: Tensor, c: Tensor, s: Tensor, gen: torch.Generator) -> Tensor:
         """Uniform start of a c-box inside the volume that does not overlap the parent box (s, r)."""
@@ -254,6 +267,9 @@ class TripletSampler:
         # split the valid set by the first axis along which the box is separated
         w = torch.stack([f[:, 0] * t[:, 1] * t[:, 2], o[:, 0] * f[:, 1] * t[:, 2], o[:, 0] * o[:, 1] * f[:, 2]], 1)
         u = torch.rand(len(vol), 4, generator=gen, dtype=torch.float64)
+        if self.negatives == "all_axes":  # separated on every axis: each axis on its own
+            k = torch.minimum((u[:, 1:] * f).floor().long(), (free - 1).clamp(min=0))
+            return torch.where(k < olo, k, k + over)
         cum = w.cumsum(dim=1)
         case = (u[:, :1] * cum[:, 2:3] >= cum).sum(dim=1).clamp(max=2)  # (n,) in {0, 1, 2}
         out = torch.empty_like(s)
