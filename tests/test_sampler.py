@@ -95,41 +95,26 @@ def test_triplet_geometry(scale):
             torch.testing.assert_close(patch[k], ref)
 
 
-def test_negative_is_uniform_over_valid_positions():
-    vol = _rand_volume(1, 10, 10, 10)
-    sampler = TripletSampler([vol], parent_range=(5, 5), child_range=(3, 3))
+@pytest.mark.parametrize("negatives, edge, start, separated, low, high", [
+    # anywhere the box does not overlap the parent: separated along at least one axis
+    ("disjoint", 10, [2, 3, 1], any, 0.5, 1.6),
+    # the released code's placement: outside the parent's range on all three axes (27 starts)
+    ("all_axes", 12, [2, 3, 4], all, 0.7, 1.3),
+])
+def test_negative_is_uniform_over_valid_positions(negatives, edge, start, separated, low, high):
+    vol = _rand_volume(1, edge, edge, edge)
+    sampler = TripletSampler([vol], parent_range=(5, 5), child_range=(3, 3), negatives=negatives)
     n = 20000
-    s = torch.tensor([[2, 3, 1]]).expand(n, 3)
-    r = torch.full((n,), 5)
-    c = torch.full((n,), 3)
-    neg = sampler._negatives(torch.zeros(n, dtype=torch.long), r, c, s, _gen(5))
-    valid = [p for p in itertools.product(range(8), repeat=3)
-             if any(p[a] + 3 <= s[0, a] or p[a] >= s[0, a] + 5 for a in range(3))]
-    _assert_uniform_over(neg, valid, low=0.5, high=1.6)
-
-
-def _assert_uniform_over(starts: torch.Tensor, valid: list[tuple[int, ...]], low: float, high: float) -> None:
-    """Every valid start is drawn, nothing else, each within [low, high] x its expected count."""
+    s = torch.tensor([start]).expand(n, 3)
+    neg = sampler._negatives(torch.zeros(n, dtype=torch.long), torch.full((n,), 5), torch.full((n,), 3), s, _gen(5))
+    valid = [p for p in itertools.product(range(edge - 2), repeat=3)
+             if separated(p[a] + 3 <= start[a] or p[a] >= start[a] + 5 for a in range(3))]
     counts: dict[tuple[int, ...], int] = {}
-    for p in map(tuple, starts.tolist()):
+    for p in map(tuple, neg.tolist()):
         counts[p] = counts.get(p, 0) + 1
-    assert set(counts) == set(valid)
-    expected = len(starts) / len(valid)
+    assert set(counts) == set(valid)  # every valid start is drawn, nothing else
+    expected = n / len(valid)
     assert max(counts.values()) < high * expected and min(counts.values()) > low * expected
-
-
-def test_all_axes_negative_is_uniform_over_positions_separated_on_every_axis():
-    # the released code's placement: the negative lies outside the parent's range on all three axes
-    vol = _rand_volume(1, 12, 12, 12)
-    sampler = TripletSampler([vol], parent_range=(5, 5), child_range=(3, 3), negatives="all_axes")
-    n = 20000
-    s = torch.tensor([[2, 3, 4]]).expand(n, 3)
-    r = torch.full((n,), 5)
-    c = torch.full((n,), 3)
-    neg = sampler._negatives(torch.zeros(n, dtype=torch.long), r, c, s, _gen(6))
-    valid = [p for p in itertools.product(range(10), repeat=3)
-             if all(p[a] + 3 <= s[0, a] or p[a] >= s[0, a] + 5 for a in range(3))]
-    _assert_uniform_over(neg, valid, low=0.7, high=1.3)  # 27 positions, ~740 draws each
 
 
 def test_all_axes_sampling_keeps_every_triplet_valid():
