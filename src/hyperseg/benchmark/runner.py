@@ -166,10 +166,10 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
 
     _, train_images, _ = _load_split(data, "train")
     variants = ["independent", *row.nested]
-    overrides = {**profile.config, **profile.dataset_config.get(dataset, {}), **row.overrides}
-    if Config(**overrides).triplet:  # the row's own objective decides whether triplet settings apply
-        overrides = {**profile.config, **profile.dataset_config.get(dataset, {}),
-                     **profile.triplet_config.get(dataset, {}), **row.overrides}
+    shared = {**profile.config, **profile.dataset_config.get(dataset, {})}
+    # the row's own objective decides whether the triplet settings apply; its overrides win
+    has_triplet = Config(**{**shared, **row.overrides}).triplet
+    overrides = {**shared, **(profile.triplet_config.get(dataset, {}) if has_triplet else {}), **row.overrides}
     scores: dict[str, dict[int, list[list[float]]]] = {v: {lvl: [] for lvl in levels} for v in variants}
     cluster_seconds = {v: 0.0 for v in variants}
     for seed in profile.seeds:

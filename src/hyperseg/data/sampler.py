@@ -264,12 +264,12 @@ class TripletSampler:
         over = ohi - olo + 1
         free = total - over
         t, o, f = total.double(), over.double(), free.double()
-        # split the valid set by the first axis along which the box is separated
-        w = torch.stack([f[:, 0] * t[:, 1] * t[:, 2], o[:, 0] * f[:, 1] * t[:, 2], o[:, 0] * o[:, 1] * f[:, 2]], 1)
         u = torch.rand(len(vol), 4, generator=gen, dtype=torch.float64)
         if self.negatives == "all_axes":  # separated on every axis: each axis on its own
             k = torch.minimum((u[:, 1:] * f).floor().long(), (free - 1).clamp(min=0))
             return torch.where(k < olo, k, k + over)
+        # split the valid set by the first axis along which the box is separated
+        w = torch.stack([f[:, 0] * t[:, 1] * t[:, 2], o[:, 0] * f[:, 1] * t[:, 2], o[:, 0] * o[:, 1] * f[:, 2]], 1)
         cum = w.cumsum(dim=1)
         case = (u[:, :1] * cum[:, 2:3] >= cum).sum(dim=1).clamp(max=2)  # (n,) in {0, 1, 2}
         out = torch.empty_like(s)
