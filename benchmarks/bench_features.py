@@ -35,7 +35,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LinearRegression
 
-from hyperseg.benchmark.baselines import kmeans_local_stats, local_mean_std
+from hyperseg.comparison.baselines import kmeans_local_stats, local_mean_std
 from hyperseg.config import Config
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import highpass, normalize_for

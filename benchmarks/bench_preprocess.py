@@ -4,7 +4,7 @@
         [--inputs raw highpass:4 highpass:6 highpass:10 lcn:6 lcn:10]
 
 For each input transform, applies k-means on local mean + std and k-means on
-intensity (:mod:`hyperseg.benchmark.baselines`) to the first ``--cases``
+intensity (:mod:`hyperseg.comparison.baselines`) to the first ``--cases``
 volumes of ``DATA`` (a split folder written by ``hyperseg synth``, with
 ``labels/``) at 2 / 4 / 6 clusters and prints the Hungarian-matched Dice per
 level (mean over volumes) as a markdown table. Transforms:
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from hyperseg.benchmark.baselines import kmeans_intensity, kmeans_local_stats
+from hyperseg.comparison.baselines import kmeans_intensity, kmeans_local_stats
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import highpass
 from hyperseg.metrics import mean_dice

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .cluster import NotFittedError
+from .errors import NotFittedError
 from .config import Config
 from .data.io import Volume, VolumeError, check_array
 from .model import HyperVAE

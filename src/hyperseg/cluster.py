@@ -91,15 +91,12 @@ import numbers
 import numpy as np
 import torch
 
+from .errors import NotFittedError
 from .geometry.poincare import BALL_EPS, MIN_NORM
 
 __all__ = ["HyperbolicKMeans", "EuclideanKMeans", "frechet_mean", "NotFittedError"]
 
 _DTYPE = torch.float64
-
-
-class NotFittedError(ValueError, AttributeError):
-    """``predict`` (or a fitted attribute) was used before ``fit``."""
 
 
 # ---------------------------------------------------------------------------

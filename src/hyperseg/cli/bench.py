@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ..benchmark.runner import PROFILES, ResumeError, run_benchmark
-    from ..benchmark.table import format_table
+    from ..comparison.runner import PROFILES, ResumeError, run_benchmark
+    from ..comparison.table import format_table
     from .common import UserError
 
     profile = PROFILES[args.profile]

@@ -4,7 +4,7 @@ Model rows are the paper's Table 2 ablations (paper.md section 3), expressed as
 configuration switches of one model, plus a 3D convolutional autoencoder with
 k-means on its latents (Nalepa et al. 2020 style: the same encoder and decoder,
 a Euclidean latent, no KL term and no triplet loss). Classical rows name a
-function of :mod:`hyperseg.benchmark.baselines`.
+function of :mod:`hyperseg.comparison.baselines`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class Row:
 
     ``kind``: ``"model"`` (trained per seed with ``overrides`` on top of the
     profile's configuration) or ``"classical"`` (``baseline`` names a function
-    in :data:`hyperseg.benchmark.baselines.BASELINES`). ``nested``: hierarchy
+    in :data:`hyperseg.comparison.baselines.BASELINES`). ``nested``: hierarchy
     methods (``Config.hierarchy``) also reported from the same embeddings, each
     as its own row named ``"{method}, nested ({name})"``.
     """

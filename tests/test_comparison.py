@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from hyperseg.benchmark.baselines import BASELINES
-from hyperseg.benchmark.rows import FULL_MODEL, ROWS, find_rows
-from hyperseg.benchmark.runner import Profile, ResumeError, run_benchmark
-from hyperseg.benchmark.table import PAPER_ROWS, format_table
+from hyperseg.comparison.baselines import BASELINES
+from hyperseg.comparison.rows import FULL_MODEL, ROWS, find_rows
+from hyperseg.comparison.runner import Profile, ResumeError, run_benchmark
+from hyperseg.comparison.table import PAPER_ROWS, format_table
 from hyperseg.cli import main
 from hyperseg.metrics import mean_dice
 
@@ -44,7 +44,7 @@ def test_classical_baselines_give_k_labels(name):
 
 
 def test_local_statistics_separate_textures_of_equal_mean_where_intensity_cannot():
-    from hyperseg.benchmark.baselines import kmeans_intensity, kmeans_local_stats
+    from hyperseg.comparison.baselines import kmeans_intensity, kmeans_local_stats
 
     rng = np.random.default_rng(2)
     truth = np.zeros((24, 24, 24), np.int64)
@@ -55,7 +55,7 @@ def test_local_statistics_separate_textures_of_equal_mean_where_intensity_cannot
 
 
 def test_local_mean_and_std_are_gaussian_weighted_moments_of_the_z_scored_channel():
-    from hyperseg.benchmark.baselines import local_mean_std
+    from hyperseg.comparison.baselines import local_mean_std
 
     rng = np.random.default_rng(3)
     image = rng.standard_normal((1, 20, 20, 20)) * 3.0 + 5.0
@@ -174,7 +174,7 @@ def test_triplet_settings_reach_only_the_rows_with_a_triplet_loss(tmp_path):
 
 
 def test_classical_row_in_a_fresh_process_through_the_cli(tmp_path, capsys, monkeypatch):
-    import hyperseg.benchmark.runner as runner
+    import hyperseg.comparison.runner as runner
 
     tiny = Profile("quick", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("simple",), threads=1)
     monkeypatch.setitem(runner.PROFILES, "quick", tiny)
