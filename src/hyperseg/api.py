@@ -141,7 +141,7 @@ class HyperbolicSegmenter:
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model into the folder ``path`` (``model.pt`` and ``config.yaml``)."""
-        from .train import save_checkpoint
+        from .checkpoint import save_checkpoint
 
         model = self._check_fitted()
         path = Path(path)
@@ -153,7 +153,7 @@ class HyperbolicSegmenter:
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> HyperbolicSegmenter:
         """A fitted segmenter from a folder written by :meth:`save` or ``hyperseg train``."""
-        from .train import load_model
+        from .checkpoint import load_model
 
         self = cls(device=device)
         self.model_ = load_model(path, self._device())

@@ -57,7 +57,7 @@ def _load_arrays(path: Path, quiet: bool, nan_policy: str = "error") -> list:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Argument checks that need no data (done once, before any worker starts)."""
-    from ..train import CHECKPOINT
+    from ..checkpoint import CHECKPOINT
 
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
@@ -92,7 +92,7 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 def _resume_config(args: argparse.Namespace):
     """``(run's Config, run's input path or None)``, read by rank 0 and shared with every rank."""
     from ..distributed import run_on_main
-    from ..train import RUN_FILE, read_checkpoint
+    from ..checkpoint import RUN_FILE, read_checkpoint
 
     def read():
         cfg = read_checkpoint(args.resume)["config"]
@@ -110,7 +110,8 @@ def _resolve(args: argparse.Namespace, n_channels_of):
     import yaml
 
     from ..config import Config
-    from ..train import UNLIMITED_STEPS, config_changes
+    from ..checkpoint import config_changes
+    from ..train import UNLIMITED_STEPS
 
     if args.resume is None:
         cfg = Config.load(args.config) if args.config else Config()
