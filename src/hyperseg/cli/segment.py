@@ -207,7 +207,7 @@ class SegmentJob:
         import torch
 
         from ..data.io import find_cases
-        from ..train import load_model
+        from ..checkpoint import load_model
         from ..utils import resolve_device
 
         device = resolve_device(self.device)
@@ -385,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.io import find_cases
-    from ..train import load_model
+    from ..checkpoint import load_model
     from .workers import rank_info, run_local, run_spawned, shard, threads_per_process
 
     _check_args(args)
