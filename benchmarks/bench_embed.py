@@ -1,23 +1,25 @@
 """Dense voxel embedding vs one encoded patch per voxel, same weights, one run.
 
     python benchmarks/bench_embed.py [--size 50] [--patch-edges 10 5] [--subset 16384]
+                                     [--out benchmarks/results/dense_embedding.json]
 
 For each inference patch edge ``p``, times :func:`hyperseg.embed.embed_volume`
 (one tiled fully-convolutional pass) on a ``size^3`` volume, and
 :func:`hyperseg.embed.embed_patches` (cut, resize, encode each voxel's patch,
 batched) on ``--subset`` voxels, extrapolated to the whole volume (said in
-the output). Prints a Markdown table with the machine and date.
+the output). Both run in this one process on the same weights, so their
+ratio is one measurement. Prints a Markdown table with the machine and date,
+and writes it with the raw rows to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 
 import torch
 
+import _record
 from hyperseg.config import Config
 from hyperseg.embed import embed_patches, embed_volume
 from hyperseg.model import HyperVAE
@@ -29,6 +31,7 @@ def main() -> None:
     ap.add_argument("--patch-edges", type=int, nargs="+", default=[10, 5])
     ap.add_argument("--subset", type=int, default=16384, help="voxels encoded one patch each (extrapolated)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(_record.RESULTS / "dense_embedding.json"), help="results file (JSON)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     model = HyperVAE(Config()).eval()
@@ -36,11 +39,16 @@ def main() -> None:
     vol = torch.randn(1, n, n, n)
     g = torch.Generator().manual_seed(args.seed)
     voxels = torch.randint(0, n, (args.subset, 3), generator=g)
-    print(f"machine: {platform.platform()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; date {datetime.date.today()}")
-    print(f"volume {n}^3 = {n**3} voxels; model input edge m = {model.cfg.patch_edge}; default config\n")
-    print("| patch edge p | dense pass (s) | per-patch, extrapolated (s) | speed-up | max abs diff on subset |")
-    print("|---|---|---|---|---|")
+    cfg = model.cfg
+    lines = [f"Command: `{_record.command(__file__)}`", "",
+             f"Machine: {_record.machine()}; date {datetime.date.today()}", "",
+             f"Volume {n}^3 = {n**3} voxels; default configuration (d = {cfg.latent_dim}, model input edge "
+             f"m = {cfg.patch_edge}, embed_tile {cfg.embed_tile}), random weights; per-patch reference timed on "
+             f"{args.subset} voxels and extrapolated to {n**3}", "",
+             "| patch edge p | dense pass (s) | per-patch, extrapolated (s) | speed-up | max abs diff on subset |",
+             "|---|---|---|---|---|"]
+    print("\n".join(lines))
+    rows = []
     for p in args.patch_edges:
         embed_volume(model, vol[:, :12, :12, :12], patch_edge=p)  # warm-up
         t = time.perf_counter()
@@ -50,8 +58,11 @@ def main() -> None:
         ref = embed_patches(model, vol, patch_edge=p, voxels=voxels)
         t_patch = (time.perf_counter() - t) * n**3 / args.subset
         diff = (dense[voxels[:, 0], voxels[:, 1], voxels[:, 2]] - ref).abs().max().item()
-        print(f"| {p} | {t_dense:.2f} | {t_patch:.1f} | {t_patch / t_dense:.1f}x | {diff:.1e} |")
-
+        rows.append({"patch_edge": p, "dense_s": t_dense, "per_patch_extrapolated_s": t_patch,
+                     "speed_up": t_patch / t_dense, "max_abs_diff": diff, "embedding_shape": list(dense.shape)})
+        lines.append(f"| {p} | {t_dense:.2f} | {t_patch:.1f} | {t_patch / t_dense:.1f}x | {diff:.1e} |")
+        print(lines[-1])
+    _record.write(args.out, __file__, "\n".join(lines), rows)
 
 if __name__ == "__main__":
     main()

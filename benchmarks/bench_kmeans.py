@@ -1,16 +1,19 @@
-"""Fit time and quality of hyperbolic and Euclidean k-means on one volume's worth of points.
+"""Fit time and quality of hyperbolic and Euclidean k-means and k-medians on one volume's worth of points.
 
-    python benchmarks/bench_kmeans.py [--n 125000] [--k 8] [--sigmas 0.5 1.0] [--repeats 3] [--sweep]
+    python benchmarks/bench_kmeans.py [--n 125000] [--k 8] [--dim 4] [--sigmas 0.5 1.0] [--repeats 3]
+                                      [--sweep] [--out benchmarks/results/kmeans.json]
 
-Points: a seeded mixture of ``k`` wrapped normal blobs in the 2-D Poincare
-ball (centres at hyperbolic distance ``--radius`` from the origin, evenly
-spread in angle; tangent noise ``N(0, sigma^2 I)`` at the origin, moved to
-the centre by parallel transport and the exponential map). ``--n 125000`` is
-one 50^3 volume, the paper's per-volume clustering job.
+Points: a seeded mixture of ``k`` wrapped normal blobs in the ``--dim``-D
+Poincare ball (default: the configuration's ``latent_dim``; centres at
+hyperbolic distance ``--radius`` from the origin, evenly spread in angle in
+the first two coordinates; tangent noise ``N(0, sigma^2 I)`` at the origin,
+moved to the centre by parallel transport and the exponential map).
+``--n 125000`` is one 50^3 volume, the per-volume clustering job.
 
 Times ``fit`` (best and median of ``--repeats``) with default parameters for
-:class:`HyperbolicKMeans` (also with torch's default thread count) and
-:class:`EuclideanKMeans`, and reports the Poincare inertia and the
+:class:`HyperbolicKMeans` (also with torch's default thread count),
+:class:`EuclideanKMeans` and :class:`HyperbolicKMedians` (the default
+pipeline's method at 2 clusters), and reports the Poincare inertia and the
 Hungarian-matched mean Dice against the blob labels. For
 reference, a naive pure-Python hyperbolic k-means (per-point loops,
 ``math.acosh``, per-cluster Karcher iteration; the shape of the reference
@@ -18,33 +21,45 @@ code) is timed for a few Lloyd iterations on ``--naive-subset`` points and
 **extrapolated** linearly in points and iterations to the full problem
 (``n_init`` runs of as many Lloyd iterations as the vectorised fit's kept
 run). ``--sweep`` also times a grid of ``n_init`` x
-``frechet_iters`` (used to choose the defaults).
+``frechet_iters`` (used to choose the defaults). The tables, the command,
+the machine and the date are written to ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import math
-import os
-import platform
 import random
 import time
 
 import numpy as np
 import torch
 
+import _record
 from hyperseg.cluster import EuclideanKMeans, HyperbolicKMeans
+from hyperseg.config import Config
+from hyperseg.kmedians import HyperbolicKMedians
 from hyperseg.geometry.poincare import expmap, expmap0, pairwise_dist, transp0
 from hyperseg.metrics import mean_dice
 
 
-def wrapped_blobs(n: int, k: int, radius: float, sigma: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` points of a ``k``-blob wrapped-normal mixture in the unit 2-D ball, and their blob ids."""
+def wrapped_blobs(n: int, k: int, radius: float, sigma: float, seed: int,
+                  dim: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, dim)`` points of a ``k``-blob wrapped-normal mixture in the unit ball, and their ``(n,)`` blob ids.
+
+    Centre ``j`` is ``exp_0(radius / 2 * (cos a_j, sin a_j, 0, ..., 0))`` with ``a_j = 2 pi j / k``,
+    so ``d(0, mu_j) = radius``; each point is ``exp_mu(P_{0 -> mu}(v / 2))`` with ``v ~ N(0, sigma^2 I_dim)``.
+    """
+    if dim < 2:
+        raise ValueError(f"bench_kmeans.py: --dim must be >= 2, got {dim}; the blob centres use two axes")
     g = torch.Generator().manual_seed(seed)
     ang = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
-    mu = expmap0(radius / 2 * torch.stack([ang.cos(), ang.sin()], 1))  # d(0, exp_0(u)) = 2|u| = radius
+    u = torch.zeros(k, dim, dtype=torch.float64)
+    u[:, 0], u[:, 1] = ang.cos(), ang.sin()
+    mu = expmap0(radius / 2 * u)  # d(0, exp_0(u)) = 2|u| = radius
     y = torch.randint(k, (n,), generator=g)
-    v = sigma * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    v = sigma * torch.randn(n, dim, generator=g, dtype=torch.float64)
     # tangent vector at the origin with the metric's unit scale (lambda_0 = 2) -> transport -> exp
     x = expmap(mu[y], transp0(mu[y], v / 2.0))
     return x.numpy(), y.numpy()
@@ -114,6 +129,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=125_000, help="number of points (125,000 = one 50^3 volume)")
     ap.add_argument("--k", type=int, default=8, help="clusters (= blobs)")
+    ap.add_argument("--dim", type=int, default=Config().latent_dim,
+                    help="ball dimension (default: the configuration's latent_dim)")
     ap.add_argument("--radius", type=float, default=2.5, help="hyperbolic distance of blob centres from 0")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.5, 1.0],
                     help="blob spreads (tangent std) to run: 0.5 = separated, 1.0 = overlapping")
@@ -122,60 +139,80 @@ def main() -> None:
     ap.add_argument("--naive-iters", type=int, default=3, help="Lloyd iterations timed for the naive loop")
     ap.add_argument("--sweep", action="store_true", help="also time n_init x frechet_iters")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(_record.RESULTS / "kmeans.json"), help="results file (JSON)")
     args = ap.parse_args()
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"machine: {platform.platform()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, torch default {torch.get_num_threads()} threads, "
-          f"load average {load:.2f} at start; date {datetime.date.today()}")
-    print(f"data: {args.n} points, {args.k} wrapped blobs in the 2-D ball, centres at distance {args.radius} "
-          f"from 0, seed {args.seed}; time = best / median of {args.repeats} fits\n")
-    X0, _ = wrapped_blobs(2000, args.k, args.radius, args.sigmas[0], args.seed)
-    HyperbolicKMeans(n_clusters=args.k).fit(X0)  # warm-up
+    out: list[str] = []
+    rows: list[dict] = []
 
-    print("| sigma | estimator | fit best (s) | fit median (s) | n_iter_ (kept run) | inertia (Poincare) "
-          "| mean Dice vs blobs |")
-    print("|---|---|---|---|---|---|---|")
-    rows = [
+    def emit(line: str = "") -> None:
+        print(line)
+        out.append(line)
+
+    emit(f"Command: `{_record.command(__file__)}`")
+    emit()
+    emit(f"Machine: {_record.machine()}; date {datetime.date.today()}")
+    emit()
+    emit(f"Data: {args.n} points, {args.k} wrapped blobs in the {args.dim}-D ball, centres at distance "
+         f"{args.radius} from 0, seed {args.seed}; time = best / median of {args.repeats} fits")
+    emit()
+    blobs = functools.partial(wrapped_blobs, k=args.k, radius=args.radius, seed=args.seed, dim=args.dim)
+    HyperbolicKMeans(n_clusters=args.k).fit(blobs(2000, sigma=args.sigmas[0])[0])  # warm-up
+
+    emit("| sigma | estimator | fit best (s) | fit median (s) | n_iter_ (kept run) | inertia (Poincare) "
+         "| mean Dice vs blobs |")
+    emit("|---|---|---|---|---|---|---|")
+    makers = [
         ("HyperbolicKMeans, defaults", lambda: HyperbolicKMeans(n_clusters=args.k, seed=args.seed)),
         (f"HyperbolicKMeans, n_threads=None ({torch.get_num_threads()})",
          lambda: HyperbolicKMeans(n_clusters=args.k, seed=args.seed, n_threads=None)),
         ("EuclideanKMeans, defaults", lambda: EuclideanKMeans(n_clusters=args.k, seed=args.seed)),
+        ("HyperbolicKMedians, defaults", lambda: HyperbolicKMedians(n_clusters=args.k, seed=args.seed)),
     ]
     for sigma in args.sigmas:
-        X, y = wrapped_blobs(args.n, args.k, args.radius, sigma, args.seed)
-        for name, make in rows:
+        X, y = blobs(args.n, sigma=sigma)
+        for name, make in makers:
             best, med, km = time_fit(make, X, args.repeats)
-            print(f"| {sigma} | {name} | {best:.3f} | {med:.3f} | {km.n_iter_} "
-                  f"| {poincare_inertia(X, km.cluster_centers_, km.labels_):.1f} | {mean_dice(km.labels_, y):.4f} |")
-            if name.endswith("defaults") and name.startswith("Hyperbolic") and sigma == args.sigmas[0]:
+            inertia, dice = poincare_inertia(X, km.cluster_centers_, km.labels_), mean_dice(km.labels_, y)
+            rows.append({"table": "fit", "sigma": sigma, "estimator": name, "fit_best_s": best,
+                         "fit_median_s": med, "n_iter": int(km.n_iter_), "inertia": inertia, "mean_dice": dice})
+            emit(f"| {sigma} | {name} | {best:.3f} | {med:.3f} | {km.n_iter_} | {inertia:.1f} | {dice:.4f} |")
+            if name == "HyperbolicKMeans, defaults" and sigma == args.sigmas[0]:
                 t_h, hk = best, km
 
-    X, _ = wrapped_blobs(args.n, args.k, args.radius, args.sigmas[0], args.seed)
+    X, _ = blobs(args.n, sigma=args.sigmas[0])
     sub = X[: args.naive_subset].tolist()
     t = time.perf_counter()
     naive_hyperbolic_kmeans(sub, args.k, args.naive_iters, args.seed)
     t_naive = time.perf_counter() - t
     per_point_iter = t_naive / (args.naive_subset * args.naive_iters)
     extrap = per_point_iter * args.n * hk.n_iter_ * hk.n_init
-    print(f"\nnaive pure-Python loop: {args.naive_subset} points x {args.naive_iters} Lloyd iterations took "
-          f"{t_naive:.2f} s = {per_point_iter * 1e6:.1f} us per point per iteration; **extrapolated** to "
-          f"{args.n} points x {hk.n_iter_} iterations x {hk.n_init} inits (sigma {args.sigmas[0]}): "
-          f"~{extrap:.0f} s, i.e. ~{extrap / t_h:.0f}x the vectorised fit")
+    rows.append({"table": "naive", "points": args.naive_subset, "iterations": args.naive_iters,
+                 "seconds": t_naive, "extrapolated_s": extrap, "ratio_to_vectorised": extrap / t_h})
+    emit()
+    emit(f"Naive pure-Python loop: {args.naive_subset} points x {args.naive_iters} Lloyd iterations took "
+         f"{t_naive:.2f} s = {per_point_iter * 1e6:.1f} us per point per iteration; **extrapolated** to "
+         f"{args.n} points x {hk.n_iter_} iterations x {hk.n_init} inits (sigma {args.sigmas[0]}): "
+         f"~{extrap:.0f} s, i.e. ~{extrap / t_h:.0f}x the vectorised fit")
 
     if args.sweep:
-        X, y = wrapped_blobs(args.n, args.k, args.radius, args.sigmas[-1], args.seed)
-        print(f"\nsweep (sigma {args.sigmas[-1]}, {args.repeats} fits each)\n")
-        print("| n_init | frechet_iters | fit best (s) | fit median (s) | n_iter_ | inertia | mean Dice |")
-        print("|---|---|---|---|---|---|---|")
+        X, y = blobs(args.n, sigma=args.sigmas[-1])
+        emit()
+        emit(f"Sweep (sigma {args.sigmas[-1]}, {args.repeats} fits each)")
+        emit()
+        emit("| n_init | frechet_iters | fit best (s) | fit median (s) | n_iter_ | inertia | mean Dice |")
+        emit("|---|---|---|---|---|---|---|")
         for n_init in (1, 2, 4):
             for fi in (1, 2, 3):
                 best, med, km = time_fit(lambda: HyperbolicKMeans(n_clusters=args.k, n_init=n_init,
                                                                   frechet_iters=fi, seed=args.seed),
                                          X, args.repeats)
-                print(f"| {n_init} | {fi} | {best:.3f} | {med:.3f} | {km.n_iter_} | {km.inertia_:.1f} "
-                      f"| {mean_dice(km.labels_, y):.4f} |")
-
+                dice = mean_dice(km.labels_, y)
+                rows.append({"table": "sweep", "n_init": n_init, "frechet_iters": fi, "fit_best_s": best,
+                             "fit_median_s": med, "n_iter": int(km.n_iter_), "inertia": float(km.inertia_),
+                             "mean_dice": dice})
+                emit(f"| {n_init} | {fi} | {best:.3f} | {med:.3f} | {km.n_iter_} | {km.inertia_:.1f} | {dice:.4f} |")
+    _record.write(args.out, __file__, "\n".join(out), rows)
 
 if __name__ == "__main__":
     main()

@@ -1,20 +1,25 @@
 """Segmenting one BraTS-sized four-channel volume: wall time, peak memory, time per stage.
 
     python benchmarks/bench_large.py [--shape 240 240 155] [--channels 4] [--levels 2 3 4]
-                                     [--patch-edges 10 5] [--tiles 64 32] [--train-steps 10]
+                                     [--patch-edges 10 5] [--tiles 0 0] [--train-steps 10]
+                                     [--out benchmarks/results/large_volume.json]
 
 A synthetic ``C x 240 x 240 x 155`` volume (a smooth "head" ellipsoid in a
 zero background holding smooth blobs whose contrast differs per channel,
 plus noise) is segmented with :func:`hyperseg.pipeline.segment_volume` by a
-default-architecture model with ``in_channels = C`` (random initialisation
-plus ``--train-steps`` optimiser steps: this measures speed, not quality).
+model of the default configuration (``Config()`` with ``in_channels = C``:
+its latent size, smoothing and per-level clustering, k-medians at 2 clusters)
+after random initialisation plus ``--train-steps`` optimiser steps: this
+measures speed, not quality.
 Each inference patch edge ``p`` runs in its own subprocess, so that its peak
 resident memory (``ru_maxrss``) is its own. Stage times come from timers
 wrapped around the pipeline's functions: normalise, embed (tiled dense
-pass), k-means fit (Lloyd iterations on the ``kmeans_sample`` voxels, summed
-over levels) and assign (every voxel to its centroid, summed over levels).
-Prints a Markdown snippet with the command, the machine and the date. The
-issue's bar: under 5 minutes and under 6 GB on 2 CPU cores.
+pass), smooth (the embedding field's Gaussian smoothing), cluster fit
+(Lloyd iterations of k-means or k-medians on the ``kmeans_sample`` voxels,
+summed over levels) and assign (every voxel to its centroid, summed over
+levels). Prints a Markdown snippet with the command, the machine and the
+date, and writes it with the raw rows to ``--out``. The bar: under 5 minutes
+and under 6 GB on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -22,8 +27,6 @@ import argparse
 import datetime
 import functools
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import _record
 
 
 def synthetic_volume(shape: tuple[int, int, int], channels: int, seed: int = 0) -> np.ndarray:
@@ -76,7 +81,8 @@ def run_one(args: argparse.Namespace) -> dict:
     """One patch edge, in this process: build, train briefly, segment, measure."""
     import torch
 
-    from hyperseg import cluster, pipeline, segment
+    from hyperseg import pipeline, segment
+    from hyperseg.cluster import HyperbolicKMeans
     from hyperseg.config import Config
     from hyperseg.data.io import Volume
     from hyperseg.train import train
@@ -91,18 +97,21 @@ def run_one(args: argparse.Namespace) -> dict:
     stages: dict[str, float] = {}
     segment.normalize_for = timed(stages, "normalise", segment.normalize_for)
     segment.embed_volume = timed(stages, "embed", segment.embed_volume)
+    segment.smooth_embedding = timed(stages, "smooth", segment.smooth_embedding)
     pipeline.resample_image = timed(stages, "resample", pipeline.resample_image)
-    lloyd = cluster._LloydKMeans._lloyd
-    cluster._LloydKMeans._lloyd = timed(stages, "kmeans fit", lloyd)
-    cluster._LloydKMeans._fit = timed(stages, "_fit", cluster._LloydKMeans._fit)
+    # the Lloyd base class that k-means and k-medians share, wherever the cluster package keeps it
+    lloyd_base = next(k for k in HyperbolicKMeans.__mro__ if "_lloyd" in vars(k))
+    lloyd_base._lloyd = timed(stages, "cluster fit", lloyd_base._lloyd)
+    lloyd_base._fit = timed(stages, "_fit", lloyd_base._fit)
     volume = Volume(array=vol, spacing=(1.0, 1.0, 1.0))
     t = time.perf_counter()
     seg = pipeline.segment_volume(model, volume, args.levels, seed=args.seed)
     wall = time.perf_counter() - t
-    stages["assign"] = stages.pop("_fit") - stages["kmeans fit"]
+    stages["assign"] = stages.pop("_fit") - stages["cluster fit"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     assert all(lab.shape == shape for lab in seg.labels.values())
-    return {"patch_edge": args.patch_edge, "tile": cfg.embed_tile, "wall_s": wall,
+    return {"patch_edge": args.patch_edge, "tile": cfg.embed_tile, "latent_dim": cfg.latent_dim,
+            "level_clustering": {str(k): v for k, v in cfg.level_clustering.items()}, "wall_s": wall,
             "peak_rss_gib": peak / 2**20, "rss_before_segment_gib": rss_before / 2**20,
             "stages": stages, "threads": torch.get_num_threads(),
             "clusters_used": {k: len(np.unique(v)) for k, v in seg.labels.items()}}
@@ -114,18 +123,17 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=4)
     ap.add_argument("--levels", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--patch-edges", type=int, nargs="+", default=[10, 5])
-    ap.add_argument("--tiles", type=int, nargs="+", default=[64, 32],
+    ap.add_argument("--tiles", type=int, nargs="+", default=[0, 0],
                     help="embed_tile for each patch edge (0: the configuration's default)")
     ap.add_argument("--tile", type=int, help=argparse.SUPPRESS)  # set in the subprocess
     ap.add_argument("--train-steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(_record.RESULTS / "large_volume.json"), help="results file (JSON)")
     ap.add_argument("--patch-edge", type=int, help=argparse.SUPPRESS)  # set in the subprocess
     args = ap.parse_args()
     if args.patch_edge is not None:
         print(json.dumps(run_one(args)))
         return
-    import torch
-
     rows = []
     if len(args.tiles) != len(args.patch_edges):
         ap.error("give one --tiles value per --patch-edges value")
@@ -134,23 +142,25 @@ def main() -> None:
                "--tile", str(tile)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
-    load = os.getloadavg()
-    print(f"Command: `{' '.join(['python', f'benchmarks/{Path(__file__).name}', *sys.argv[1:]])}`\n")
-    print(f"Machine: {platform.platform()}, {os.cpu_count()} cores, torch {torch.__version__} "
-          f"({rows[0]['threads']} threads); date {datetime.date.today()}; load average at the end "
-          f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n")
-    print(f"Volume {args.channels} x {' x '.join(map(str, args.shape))} "
-          f"({np.prod(args.shape) / 1e6:.1f} M voxels), levels {args.levels}, default architecture, "
-          f"{args.train_steps} training steps. Bar: < 300 s and < 6 GB.\n")
-    names = ["normalise", "resample", "embed", "kmeans fit", "assign"]
-    print("| embed patch edge p | tile | wall (s) | peak RSS (GiB) | " + " | ".join(f"{n} (s)" for n in names)
-          + " | meets bar |")
-    print("|---" * (len(names) + 5) + "|")
+    cfg = rows[0]
+    lines = [f"Command: `{_record.command(__file__)}`", "",
+             f"Machine: {_record.machine()}; date {datetime.date.today()}", "",
+             f"Volume {args.channels} x {' x '.join(map(str, args.shape))} "
+             f"({np.prod(args.shape) / 1e6:.1f} M voxels), levels {args.levels}, default configuration "
+             f"(d = {cfg['latent_dim']}, per-level clustering {cfg['level_clustering']}), "
+             f"{args.train_steps} training steps. Bar: < 300 s and < 6 GB.", ""]
+    names = ["normalise", "resample", "embed", "smooth", "cluster fit", "assign"]
+    lines.append("| embed patch edge p | tile | wall (s) | peak RSS (GiB) | "
+                 + " | ".join(f"{n} (s)" for n in names) + " | meets bar |")
+    lines.append("|---" * (len(names) + 5) + "|")
     for r in rows:
         ok = r["wall_s"] < 300 and r["peak_rss_gib"] * 2**30 < 6e9
         st = " | ".join(f"{r['stages'].get(n, 0.0):.1f}" for n in names)
-        print(f"| {r['patch_edge']} | {r['tile']} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | {st} | "
-              f"{'yes' if ok else 'no'} |")
+        lines.append(f"| {r['patch_edge']} | {r['tile']} | {r['wall_s']:.1f} | {r['peak_rss_gib']:.2f} | {st} | "
+                     f"{'yes' if ok else 'no'} |")
+    markdown = "\n".join(lines)
+    print(markdown)
+    _record.write(args.out, __file__, markdown, rows)
 
 
 if __name__ == "__main__":
