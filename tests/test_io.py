@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tifffile
 
-import hyperseg.io as public_io
 from hyperseg.data.io import (
     Case,
     Volume,
@@ -30,10 +29,6 @@ def rand(*shape, seed=0):
 def save_nii(path, data, affine=None):
     nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
     return path
-
-
-def test_public_alias_is_the_same_api():
-    assert public_io.read_case is read_case and public_io.VolumeError is VolumeError
 
 
 def test_nifti_label_map_keeps_geometry(tmp_path):
