@@ -1,8 +1,19 @@
-"""Shared pieces of the test suite: a tiny model configuration and a one-thread fixture."""
+"""Shared pieces of the test suite: a tiny model configuration, a one-thread fixture, hypothesis profiles."""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+#: Hypothesis profiles. ``ci`` draws the same examples on every run (``derandomize``) and keeps no example
+#: database, so a red CI run is one that anyone can repeat; ``dev`` explores new examples each run.
+#: ``ci`` is loaded when ``CI`` is set (``.ci/run`` sets it, as most CI services do), else ``dev``;
+#: ``HYPOTHESIS_PROFILE`` chooses either explicitly.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 #: Configuration fields of a model small enough to train a few steps in well under a second.
 TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,

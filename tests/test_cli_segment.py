@@ -7,7 +7,7 @@ import pytest
 from conftest import tiny_yaml
 
 from hyperseg.cli import main
-from hyperseg.cli.workers import rank_info, run_spawned, shard, threads_per_process
+from hyperseg.cli.workers import run_spawned, shard, threads_per_process
 from hyperseg.config import Config
 from hyperseg.data.io import read_labels
 
@@ -126,6 +126,7 @@ def test_quiet_silences_progress_bars(run, four_cases, tmp_path, capsys):
     assert "segmented 4 of 4 cases" in captured.out
 
 
+@pytest.mark.slow
 def test_two_workers_write_exactly_the_expected_files(run, four_cases, tmp_path, capsys):
     out = tmp_path / "out"
     np.save(four_cases / "case4.npy", np.zeros((10, 9, 8), np.float32))  # a bad case among them
@@ -216,16 +217,6 @@ def test_shares_cover_every_case_exactly_once():
         shares = [shard(items, j, n) for j in range(n)]
         assert sorted(x for s in shares for x in s) == items
         assert all(x % n == j for j, s in enumerate(shares) for x in s)
-
-
-def test_rank_info_reads_torchrun_variables_and_refuses_nonsense():
-    assert rank_info({}) == rank_info({"RANK": "0", "WORLD_SIZE": "1"})
-    info = rank_info({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
-    assert (info.rank, info.world_size, info.local_rank, info.local_world_size) == (3, 4, 1, 2)
-    with pytest.raises(ValueError, match="RANK"):
-        rank_info({"RANK": "4", "WORLD_SIZE": "4"})
-    with pytest.raises(ValueError, match="WORLD_SIZE"):
-        rank_info({"WORLD_SIZE": "two"})
 
 
 def test_threads_are_shared_between_processes():

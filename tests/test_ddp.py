@@ -94,6 +94,43 @@ def two_ranks(tmp_path_factory):
     return out, [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
+@pytest.mark.parametrize("env, expected", [
+    ({}, distributed.World(0, 1, 0, 1)),  # no torchrun: one process
+    ({"RANK": "0", "WORLD_SIZE": "1"}, distributed.World(0, 1, 0, 1)),
+    # one machine: LOCAL_WORLD_SIZE defaults to WORLD_SIZE and LOCAL_RANK to RANK
+    ({"RANK": "3", "WORLD_SIZE": "4"}, distributed.World(3, 4, 3, 4)),
+    # two machines of two: LOCAL_RANK defaults to RANK mod LOCAL_WORLD_SIZE
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, distributed.World(3, 4, 1, 2)),
+    ({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, distributed.World(2, 4, 0, 2)),
+    # what torchrun sets is taken as it is
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}, distributed.World(3, 4, 0, 1)),
+    ({"RANK": "", "WORLD_SIZE": "", "LOCAL_RANK": ""}, distributed.World(0, 1, 0, 1)),  # empty is unset
+])
+def test_the_launch_environment_has_one_reader_with_one_machine_defaults(env, expected):
+    world = distributed.env_world(env)
+    assert world == expected
+    assert (world.rank, world.size, world.local_rank, world.local_size) == (
+        expected.rank, expected.size, expected.local_rank, expected.local_size)
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"RANK": "4", "WORLD_SIZE": "4"}, "RANK=4 WORLD_SIZE=4"),
+    ({"RANK": "-1", "WORLD_SIZE": "4"}, "RANK=-1"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE=0"),
+    ({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_RANK=2 LOCAL_WORLD_SIZE=2"),
+    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "3"}, "LOCAL_WORLD_SIZE=3"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' must be an integer"),
+])
+def test_an_inconsistent_launch_environment_is_refused_by_name(env, words):
+    with pytest.raises(ValueError, match=words):
+        distributed.env_world(env)
+
+
+def test_a_world_without_a_local_size_is_on_one_machine():
+    assert distributed.World(1, 3, 1).local_size == 3 and distributed.World().local_size == 1
+
+
+@pytest.mark.slow
 def test_ranks_keep_identical_weights(two_ranks):
     out, (r0, r1) = two_ranks
     assert r0["state"].keys() == r1["state"].keys()
@@ -104,12 +141,14 @@ def test_ranks_keep_identical_weights(two_ranks):
     assert all(torch.isfinite(v).all() for v in saved.values())
 
 
+@pytest.mark.slow
 def test_ranks_draw_different_patches(two_ranks):
     _, (r0, r1) = two_ranks
     assert r0["first_batch"].shape == r1["first_batch"].shape
     assert not torch.equal(r0["first_batch"], r1["first_batch"])
 
 
+@pytest.mark.slow
 def test_loss_falls(two_ranks):
     out, _ = two_ranks
     losses = [r["loss"] for r in read_log(out / "run0" / "log.jsonl")]
@@ -117,6 +156,7 @@ def test_loss_falls(two_ranks):
     assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
 
 
+@pytest.mark.slow
 def test_only_rank_0_writes_and_the_run_records_the_world_size(two_ranks):
     out, _ = two_ranks
     assert not (out / "run1").exists() and not (out / "timed1").exists()
@@ -127,6 +167,7 @@ def test_only_rank_0_writes_and_the_run_records_the_world_size(two_ranks):
     assert len(state["rng"]) == 2  # every rank's random state, to resume each stream
 
 
+@pytest.mark.slow
 def test_time_limit_stops_every_rank_at_the_same_step(two_ranks):
     out, (r0, r1) = two_ranks
     assert r0["fixed_steps"] == r1["fixed_steps"] == STEPS
@@ -149,6 +190,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_nproc_launches_a_two_process_run(data_dir):
     run = data_dir / "run"
     assert main(["train", "-i", str(data_dir / "data"), "-o", str(run), "--config", str(data_dir / "tiny.yaml"),
@@ -159,6 +201,7 @@ def test_nproc_launches_a_two_process_run(data_dir):
     assert load_model(run).cfg.encoder_channels == [4, 4, 4, 4]
 
 
+@pytest.mark.slow
 def test_launch_returns_the_workers_status_and_prints_their_error_once(capfd):
     # an invalid subcommand: every worker exits with status 2 before importing torch
     assert distributed.launch(["no-such-subcommand"], 2) == 2

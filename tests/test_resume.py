@@ -43,6 +43,7 @@ def _wait_for_checkpoint(run, proc, min_step: int, timeout_s: float = 180.0) -> 
     raise AssertionError(f"no checkpoint of step >= {min_step} within {timeout_s} s")
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_leaves_loadable_files_and_resumes_to_the_end(bench):
     run = bench / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")

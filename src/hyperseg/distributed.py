@@ -7,7 +7,13 @@ the environment variables that ``torchrun`` (or :func:`launch`, behind
 ``RANK``         index of this process among all processes, ``0 .. WORLD_SIZE - 1``
 ``WORLD_SIZE``   number of processes, over all machines
 ``LOCAL_RANK``   index of this process on its machine (picks the GPU)
+``LOCAL_WORLD_SIZE``  number of processes on this machine
 ``MASTER_ADDR``, ``MASTER_PORT``  where rank 0 listens for the others
+
+:func:`env_world` is the one reader of these variables (``hyperseg train``
+and ``hyperseg segment`` alike). torchrun sets all four; where one is
+missing, the defaults describe one machine: ``WORLD_SIZE = 1``, ``RANK = 0``,
+``LOCAL_WORLD_SIZE = WORLD_SIZE`` and ``LOCAL_RANK = RANK mod LOCAL_WORLD_SIZE``.
 
 Without ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) everything here is a no-op
 and a run is a plain single process. The backend is ``gloo`` on the CPU and
@@ -23,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -57,11 +63,19 @@ LAUNCH_GRACE_S = 10.0
 
 @dataclass(frozen=True)
 class World:
-    """Where this process stands: ``rank`` of ``size`` processes, ``local_rank`` on its machine."""
+    """Where this process stands: ``rank`` of ``size`` processes, ``local_rank`` of ``local_size`` on its machine.
+
+    ``local_size`` defaults to ``size`` (all processes on one machine).
+    """
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_size is None:
+            object.__setattr__(self, "local_size", self.size)
 
     @property
     def is_main(self) -> bool:
@@ -72,28 +86,36 @@ class World:
         return self.size > 1
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
     if value is None or value == "":
         return default
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun)") from None
+        raise ValueError(f"environment variable {name}={value!r} must be an integer (set by torchrun); "
+                         "unset it or start the processes with torchrun") from None
 
 
-def env_world() -> World:
-    """The :class:`World` described by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (defaults: one process).
+def env_world(env: Mapping[str, str] | None = None) -> World:
+    """The :class:`World` that ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` describe.
 
-    Reads the environment only; no process group is needed.
+    ``env``: the variables to read (default ``os.environ``). Missing ones take
+    the one-machine defaults of the module docstring, so an empty environment
+    is one process: ``World(0, 1, 0, 1)``. Needs ``0 <= RANK < WORLD_SIZE`` and
+    ``0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE``. Reads the environment
+    only; no process group is needed.
     """
-    size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local = _env_int("LOCAL_RANK", rank)
-    if size < 1 or not 0 <= rank < size or local < 0:
-        raise ValueError(f"inconsistent launch environment RANK={rank} WORLD_SIZE={size} LOCAL_RANK={local}; "
-                         "start the processes with torchrun or `hyperseg train --nproc N`")
-    return World(rank, size, local)
+    env = os.environ if env is None else env
+    size = _env_int(env, "WORLD_SIZE", 1)
+    rank = _env_int(env, "RANK", 0)
+    local_size = _env_int(env, "LOCAL_WORLD_SIZE", size)
+    local = _env_int(env, "LOCAL_RANK", rank % local_size if local_size > 0 else 0)
+    if size < 1 or not 0 <= rank < size or not 0 <= local < local_size <= size:
+        raise ValueError(f"inconsistent launch environment RANK={rank} WORLD_SIZE={size} LOCAL_RANK={local} "
+                         f"LOCAL_WORLD_SIZE={local_size}; start the processes with torchrun or "
+                         "`hyperseg train --nproc N`")
+    return World(rank, size, local, local_size)
 
 
 def is_launched() -> bool:
@@ -104,7 +126,9 @@ def is_launched() -> bool:
 def current() -> World:
     """The :class:`World` of the initialised process group; a single process when none is."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", dist.get_rank()))
+        rank, size = dist.get_rank(), dist.get_world_size()  # the group's word wins over the environment's
+        launched = env_world({**os.environ, "RANK": str(rank), "WORLD_SIZE": str(size)})
+        return World(rank, size, launched.local_rank, launched.local_size)
     return World()
 
 

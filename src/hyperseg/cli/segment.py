@@ -386,10 +386,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.io import find_cases
     from ..checkpoint import load_model
-    from .workers import rank_info, run_local, run_spawned, shard, threads_per_process
+    from ..distributed import env_world
+    from .workers import run_local, run_spawned, shard, threads_per_process
 
     _check_args(args)
-    ranks = rank_info()
+    ranks = env_world()
     try:  # a missing or foreign checkpoint stops here, before any work
         cfg = load_model(args.model, "cpu").cfg
     except ValueError as err:  # e.g. a state dict that does not fit its configuration: many lines
@@ -411,13 +412,13 @@ def run(args: argparse.Namespace) -> int:
 
     failed: list[CaseResult] = []
     done = 0
-    mine = shard(cases, ranks.rank, ranks.world_size)
+    mine = shard(cases, ranks.rank, ranks.size)
     todo = [c for c in mine if not (args.skip_existing and job.complete(c))]
     skipped = len(mine) - len(todo)
 
     nproc = max(1, min(args.nproc, len(todo)))
-    threads = threads_per_process(ranks.local_world_size * nproc)
-    where = f" (rank {ranks.rank} of {ranks.world_size})" if ranks.world_size > 1 else ""
+    threads = threads_per_process(ranks.local_size * nproc)
+    where = f" (rank {ranks.rank} of {ranks.size})" if ranks.size > 1 else ""
     bar = tqdm(total=len(todo), desc=f"segment{where}", unit="case", disable=args.quiet)
 
     def on_result(result: CaseResult) -> None:

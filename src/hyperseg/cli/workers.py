@@ -2,9 +2,9 @@
 
 Two levels, both deterministic so that no case is done twice or skipped:
 
-* **torchrun ranks** (``RANK``/``WORLD_SIZE`` in the environment): rank ``r``
-  of ``R`` takes the cases whose index ``i`` in the sorted list has
-  ``i % R == r``. No process group is initialised: the ranks never talk to
+* **torchrun ranks** (``RANK``/``WORLD_SIZE`` in the environment, read by
+  :func:`hyperseg.distributed.env_world`): rank ``r`` of ``R`` takes the
+  cases whose index ``i`` in the sorted list has ``i % R == r``. No process group is initialised: the ranks never talk to
   each other, the split follows from the sorted list alone.
 * **local workers** (``--nproc N``): a rank's share is dealt out the same way
   to ``N`` spawned processes, ``i % N == j``; each reports back one result per
@@ -21,45 +21,11 @@ import multiprocessing as mp
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import wait
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
-
-@dataclass(frozen=True)
-class RankInfo:
-    """Where this process sits among torchrun's processes (0 of 1 when not under torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-
-
-def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer; "
-                         f"unset it or run under torchrun") from None
-
-
-def rank_info(env: Mapping[str, str] | None = None) -> RankInfo:
-    """Read ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` as torchrun sets them."""
-    env = os.environ if env is None else env
-    world = _env_int(env, "WORLD_SIZE", 1)
-    rank = _env_int(env, "RANK", 0)
-    if world < 1 or not 0 <= rank < world:
-        raise ValueError(f"RANK={rank} and WORLD_SIZE={world} are inconsistent; "
-                         f"need 0 <= RANK < WORLD_SIZE (torchrun sets both)")
-    local_world = _env_int(env, "LOCAL_WORLD_SIZE", world)
-    local_rank = _env_int(env, "LOCAL_RANK", rank % max(local_world, 1))
-    return RankInfo(rank, world, local_rank, max(local_world, 1))
 
 
 def shard(items: Sequence[T], index: int, count: int) -> list[T]:
