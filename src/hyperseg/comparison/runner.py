@@ -48,8 +48,9 @@ class Profile:
     overrides}`` applied on top of those only to the model rows *with* a triplet
     loss: settings such as ``intensity_offset`` exist to shape what the triplet
     loss can match, and without that loss they only add noise to the
-    reconstruction target (BENCHMARKS.md, session 9: the Euclidean base drops from
-    0.761 / 0.444 / 0.297 to 0.680 / 0.348 / 0.224 with the offsets), so each row
+    reconstruction target (the Euclidean base drops from 0.761 / 0.444 / 0.297 to
+    0.680 / 0.348 / 0.224 with the offsets: benchmarks/results/
+    full_profile_irregular_euclidean_base*.json), so each row
     gets the setting its objective uses; ``threads``: torch threads per row
     process.
     """
@@ -69,16 +70,18 @@ class Profile:
 
 
 PROFILES = {
-    # 7 model rows x 3 seeds x 2 datasets = 42 models of 150 steps: ~40 minutes on 2 cores
+    # 7 model rows x 3 seeds x 2 datasets = 42 models of 150 steps: about 37 minutes on 2 cores
+    # (the row seconds of benchmarks/results/quick_profile_no_offsets.json)
     # The irregular variant's bias field is removed (sigma 6 voxels) from every row's input, as a user
     # would (chosen on its validation volumes, BENCHMARKS.md); the simple one is used as the paper did.
     # On the irregular variant the rows with a triplet loss also give every triplet patch a random
     # intensity offset (sigma 1), chosen on its validation volumes (BENCHMARKS.md, "The irregular bar");
-    # rows without one train as before (session 9), and the simple variant keeps the default.
+    # rows without one train without them (they only hurt a row without a triplet loss,
+    # BENCHMARKS.md), and the simple variant keeps the default.
     "quick": Profile("quick", steps=150, n_train=40, n_test=4, config={"kmeans_n_init": 2},
                      highpass={"irregular": 6.0}, triplet_config={"irregular": {"intensity_offset": 1.0}}),
-    # 42 models of 1500 steps (the default; 9-16 min each with evaluation on 2 cores, measured in
-    # sessions 5-8) and 20 test volumes: ~6-11 hours
+    # 42 models of 1500 steps (the default) and 20 test volumes: about 8 minutes per model with its
+    # scoring on 2 cores, about 6 hours in all (benchmarks/results/full_profile_simple.json, BENCHMARKS.md)
     "full": Profile("full", steps=1500, n_train=80, n_test=20, highpass={"irregular": 6.0},
                     triplet_config={"irregular": {"intensity_offset": 1.0}}),
 }
@@ -218,7 +221,7 @@ class ResumeError(ValueError):
 
 
 def _measured_before(out: Path, prof: Profile) -> list[dict]:
-    """The measured rows of an earlier run of the same profile in ``out`` (for ``resume``)."""
+    """The measured rows that a run of the same profile left in ``out`` (for ``resume``)."""
     path = out / "results.json"
     if not path.is_file():
         return []
@@ -238,7 +241,7 @@ def run_benchmark(out: str | Path, profile: Profile | str = "quick", rows: list[
     """Run every row on every dataset of ``profile``; write ``out/results.json`` and ``out/table.md``.
 
     ``results.json`` is rewritten after each row, so an interrupted run keeps
-    what it measured. With ``resume``, the rows an earlier run of the same
+    what it measured. With ``resume``, the rows an interrupted run of the same
     profile left in ``out/results.json`` are kept and not run again (a row is
     done when its method has a result for that dataset). ``isolate=False``
     runs rows in this process (tests); then ``peak_mb`` is this process's
