@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torch.distributions import Normal
 
 from hyperseg.config import Config
 from hyperseg.model import HyperVAE
@@ -73,14 +74,50 @@ def test_squared_triplet_loss_matches_the_released_code():
         Config(triplet_distance="cosine")
 
 
-def test_kl_estimate_is_zero_when_posterior_equals_prior():
-    model = HyperVAE(Config(**{**SMALL, "n_samples": 64}))
-    x = torch.zeros(2, 1, 10, 10, 10)
+def _log_prior_by_formula(z: torch.Tensor, prior_scale: float, c: float | None) -> torch.Tensor:
+    """``log p(z)`` of the prior at the origin, written out: ``(..., d) -> (...)``.
+
+    Hyperbolic (``c``): ``v = lambda_0 log_0(z)`` with ``lambda_0 = 2`` and ``|log_0 z| = artanh(sqrt(c)|z|)/sqrt(c)``;
+    ``log N(v; 0, s^2 I) - (d - 1) log(sinh(sqrt(c) r) / (sqrt(c) r))`` with ``r = |v|``. Euclidean (``None``):
+    ``log N(z; 0, s^2 I)``.
+    """
+    gauss = Normal(torch.zeros((), dtype=z.dtype), torch.tensor(prior_scale, dtype=z.dtype))
+    if c is None:
+        return gauss.log_prob(z).sum(-1)
+    norm = z.norm(dim=-1, keepdim=True)
+    v = 2 * torch.atanh(c**0.5 * norm) / c**0.5 * z / norm
+    r = v.norm(dim=-1) * c**0.5
+    return gauss.log_prob(v).sum(-1) - (z.shape[-1] - 1) * torch.log(torch.sinh(r) / r)
+
+
+@pytest.mark.parametrize("latent, decoder", [("hyperbolic", "gyroplane"), ("euclidean", "linear")])
+def test_kl_estimate_is_the_mean_log_ratio_of_posterior_to_prior_over_the_drawn_samples(latent, decoder):
+    """``kl = mean_k [log q(z_k) - log p(z_k)]`` with ``p`` the prior at the origin of scale ``prior_scale``.
+
+    Patch 0's posterior sits at the origin with a scale other than the prior's: there the wrapped normals are
+    the images of two centred Gaussians under one map (``exp_0``), so the KL is the Gaussians'
+    ``sum_i log(s_p / s_i) + s_i^2 / (2 s_p^2) - 1/2``. Patch 1's posterior is off the origin.
+    """
+    prior_scale, c, K = 0.7, 1.5, 400
+    model = HyperVAE(Config(**{**SMALL, "n_samples": K, "prior_scale": prior_scale, "c": c, "latent": latent,
+                               "decoder_input": decoder}))
     d = model.cfg.latent_dim
+    x = torch.zeros(2, 1, 10, 10, 10)
     loc = torch.zeros(2, d, dtype=torch.float64)
-    scale = torch.ones(2, d, dtype=torch.float64)
+    loc[1] = torch.linspace(-0.3, 0.4, d, dtype=torch.float64)
+    scale = torch.tensor([[0.3, 1.2, 0.5, 0.9][i % 4] for i in range(d)], dtype=torch.float64).repeat(2, 1)
+    torch.manual_seed(5)
     _, _, kl = model.negative_elbo(x, loc, scale)
-    assert torch.allclose(kl, torch.zeros(2, dtype=kl.dtype), atol=1e-9)
+    torch.manual_seed(5)
+    q = model.posterior(loc, scale)
+    z = q.rsample(torch.Size([K]))  # the samples negative_elbo drew: (K, 2, d)
+    log_ratio = q.log_prob(z) - _log_prior_by_formula(z, prior_scale, c if latent == "hyperbolic" else None)
+    torch.testing.assert_close(kl, log_ratio.mean(0), rtol=1e-12, atol=1e-12)
+    # at the origin the estimate is a Monte-Carlo estimate of the Gaussians' KL (4 standard errors)
+    s = scale[0]
+    closed = (torch.log(prior_scale / s) + s**2 / (2 * prior_scale**2) - 0.5).sum()
+    assert abs(kl[0] - closed) < 4 * log_ratio[:, 0].std() / K**0.5
+    assert kl[1] > kl[0] > 0  # moving the posterior off the prior's centre costs more
 
 
 def test_training_steps_reduce_the_loss():
