@@ -1,5 +1,6 @@
 """Readers and writers: every format keeps its geometry, every bad input gives a VolumeError."""
 import gzip
+import re
 
 import mrcfile
 import nibabel as nib
@@ -187,7 +188,10 @@ def test_truncated_files_of_every_format(tmp_path):
         mrc.set_data(data)
     for f in sorted(tmp_path.iterdir()):
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-        with pytest.raises(VolumeError, match=f"{f.name}: cannot be read"):
+        # an uncompressed file whose header survived is measured against it: its voxel data are cut short
+        problem = "is truncated: the header promises 8 x 8 x 8 voxels of float32 (512 voxels, 2,048 bytes)" \
+            if f.suffix in (".nii", ".npy", ".mrc") else "cannot be read"
+        with pytest.raises(VolumeError, match=re.escape(f"{f.name}: {problem}")):
             read_volume(f)
 
 

@@ -11,22 +11,37 @@ with :func:`write_label_map` lies voxel for voxel on the input's grid.
   voxel axes ``i, j, k`` (often, but not always, x, y, z); the affine and
   header are kept. A 4D NIfTI holds channels on its **last** axis (nnU-Net
   and FSL convention); singleton axes beyond the fourth are dropped.
-  ``spacing`` is ``header.get_zooms()[:3]``.
+  ``spacing`` is ``header.get_zooms()[:3]``, its unit the header's
+  ``xyzt_units``.
 * **TIFF** (``.tif``, ``.tiff``, tifffile): stacks are stored ``Z, Y, X``,
   so ``D, H, W = Z, Y, X``. A 4D stack's non-spatial axis (ImageJ ``C``,
   or the first axis when the file does not say) holds the channels. The
-  voxel size comes from OME ``PhysicalSizeZ/Y/X``, or from ImageJ metadata
-  (``spacing`` for Z, ``YResolution``/``XResolution`` pixels per unit for
-  Y, X); it is 1 where the file gives none.
-* **MRC** (``.mrc``, ``.rec``, ``.map``, mrcfile): data are stored
-  ``Z, Y, X`` (``D, H, W = Z, Y, X``); ``spacing`` is the header's voxel
-  size (z, y, x), 1 where unset. A volume stack is read as channels.
+  voxel size comes from OME ``PhysicalSizeZ/Y/X`` (and their units, µm by
+  default), or from ImageJ metadata (``spacing`` for Z,
+  ``YResolution``/``XResolution`` pixels per unit for Y, X, and ``unit``);
+  it is 1 where the file gives none. Label maps are written as OME-TIFF.
+* **MRC** (``.mrc``, ``.rec``, ``.map``, mrcfile): read as ``D, H, W = Z,
+  Y, X`` whatever the stored axis order: the header's ``mapc, mapr, maps``
+  name the physical axis (1 = X, 2 = Y, 3 = Z) of the columns, rows and
+  sections, and the stored ``(sections, rows, columns)`` array is
+  transposed to ``(Z, Y, X)``. ``spacing`` is the header's voxel size
+  (z, y, x) in Å, 1 where unset. Voxel 0 lies at the header ``origin``, or
+  at ``nstart * voxel size`` when the origin is 0 (``nxstart, nystart,
+  nzstart`` are given for columns, rows, sections). A volume stack is read
+  as channels.
 * **NumPy** (``.npy``): 3D ``(D, H, W)`` or 4D channels-first
-  ``(C, D, H, W)``; voxel size 1.
+  ``(C, D, H, W)``; voxel size 1. Arrays of Python objects are refused
+  without unpickling them.
 
-For TIFF, MRC and NumPy the ``affine`` is ``diag(spacing, 1)`` (voxel index
-``(d, h, w)`` to physical units), so every volume carries both an affine and
-a voxel size whatever its format.
+For TIFF and NumPy the ``affine`` is ``diag(spacing, 1)`` (voxel index
+``(d, h, w)`` to physical units); for MRC it adds the origin as its
+translation, so every volume carries both an affine and a voxel size
+whatever its format. ``Volume.unit`` names the unit of the voxel size.
+
+Every reader reads the header first and refuses, before any voxel is
+allocated, a file whose header promises more bytes than memory (or, for an
+uncompressed file, the file itself) holds; the message gives the voxel
+count and the bytes.
 
 Cases and channels
 ------------------
@@ -81,7 +96,9 @@ class Volume:
     (first) file it came from; ``spacing``: voxel size along ``D, H, W``
     (from the affine's columns when not given); ``fmt``: the source suffix
     (``".nii.gz"``, ``".tif"``, ...; ``".npy"`` for arrays); ``case``: the
-    case name (from ``path`` when not given).
+    case name (from ``path`` when not given); ``unit``: the length unit of
+    ``spacing`` as an OME symbol (``"mm"``, ``"µm"``, ``"Å"``, ...), ``""``
+    when the file does not say.
     """
 
     array: np.ndarray
@@ -91,6 +108,7 @@ class Volume:
     spacing: tuple[float, float, float] | None = None
     fmt: str = ""
     case: str = ""
+    unit: str = ""
 
     def __post_init__(self) -> None:
         if self.spacing is None:
@@ -104,6 +122,7 @@ class Volume:
             self.fmt = volume_suffix(self.path) if self.path is not None else ".npy"
         if not self.case:
             self.case = case_name(self.path) if self.path is not None else "volume"
+        self.unit = unit_symbol(self.unit)
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -203,6 +222,37 @@ def output_suffix(like: Volume, override: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------
+# units
+# ---------------------------------------------------------------------------
+
+#: Metres per unit, for the length units a voxel size can carry (OME ``UnitsLength`` symbols).
+METRES_PER_UNIT = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "µm": 1e-6, "nm": 1e-9, "Å": 1e-10, "pm": 1e-12}
+#: Other spellings of those units in NIfTI, ImageJ and OME headers (``"pixel"``: no physical unit).
+_UNIT_SPELLINGS = {"micron": "µm", "microns": "µm", "um": "µm", "\u03bcm": "µm", "\\u00b5m": "µm",
+                   "angstrom": "Å", "a": "Å", "\u212b": "Å", "meter": "m", "metre": "m",
+                   "millimeter": "mm", "millimetre": "mm", "nanometer": "nm", "nanometre": "nm",
+                   "pixel": "", "unknown": ""}
+
+
+def unit_symbol(name: str | None) -> str:
+    """The OME symbol of a length unit (``"micron" -> "µm"``), or ``""`` when it is unknown or ``"pixel"``."""
+    if not name:
+        return ""
+    name = str(name).strip()
+    if name in METRES_PER_UNIT:
+        return name
+    return _UNIT_SPELLINGS.get(name.lower(), "")
+
+
+def _in_unit(spacing: tuple[float, float, float], unit: str, target: str) -> tuple[float, float, float]:
+    """``spacing`` given in ``unit``, expressed in ``target``; unchanged when ``unit`` is unknown (``""``)."""
+    if unit not in METRES_PER_UNIT:
+        return spacing
+    factor = METRES_PER_UNIT[unit] / METRES_PER_UNIT[target]
+    return tuple(v * factor for v in spacing)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------
 
@@ -214,6 +264,122 @@ class _Raw:
     affine: np.ndarray
     header: Any
     spacing: tuple[float, float, float]
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class _Promise:
+    """What a header says the file holds, read before any voxel is.
+
+    ``shape``: the stored array's shape; ``dtype``: the voxel type once read
+    (after NIfTI intensity scaling); ``stored``: bytes of voxel data the file
+    holds, when it is not compressed (``None`` otherwise); ``disk_itemsize``:
+    bytes per voxel in the file (0: ``dtype``'s).
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    stored: int | None = None
+    disk_itemsize: int = 0
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.shape, dtype=object))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the array as read: ``voxels * itemsize``."""
+        return self.voxels * self.dtype.itemsize
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes of voxel data the file must hold: ``voxels * disk_itemsize``."""
+        return self.voxels * (self.disk_itemsize or self.dtype.itemsize)
+
+    @property
+    def needed(self) -> int:
+        """Bytes to read it as float32: the array as read, plus its float32 copy unless it is float32."""
+        return self.nbytes + (0 if self.dtype == np.float32 else self.voxels * 4)
+
+    def describe(self) -> str:
+        dims = " x ".join(str(n) for n in self.shape)
+        return f"{dims} voxels of {self.dtype} ({self.voxels:,} voxels, {self.nbytes:,} bytes)"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.1f} GiB"
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, or ``None`` when the system does not say.
+
+    The least of the kernel's ``MemAvailable``, the room left under the
+    cgroup's memory limit (containers) and the room left under the address
+    space limit (``ulimit -v``).
+    """
+    room: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                room.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit != "max":
+                room.append(int(limit) - int(Path(usage_file).read_text().strip()))
+            break
+        except (OSError, ValueError):
+            continue
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            used = 0
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+            room.append(soft - used)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(min(room), 0) if room else None
+
+
+def _check_promise(promise: _Promise) -> None:
+    """Refuse, before anything is allocated, a header that promises more than memory or the file holds."""
+    path = promise.path
+    free = available_memory()
+    if free is not None and promise.needed > free:
+        raise VolumeError(f"{path}: too large to read into memory: the header promises {promise.describe()}, "
+                          f"which need {promise.needed:,} bytes ({_gib(promise.needed)}) to read as float32, "
+                          f"and {_gib(free)} are available; crop it to the region you need or downsample it "
+                          "(2x per axis needs 8x less memory), then give that file")
+    if promise.stored is not None and promise.stored < promise.disk_bytes:
+        raise VolumeError(f"{path}: is truncated: the header promises {promise.describe()}, but the file holds "
+                          f"{max(promise.stored, 0):,} of their {promise.disk_bytes:,} bytes; copy the complete "
+                          "file again, or fix its header")
+
+
+def _read_promised(promise: _Promise, read):
+    """``read()`` after :func:`_check_promise`; a failure names what the header promised."""
+    _check_promise(promise)
+    try:
+        return read()
+    except MemoryError as err:
+        raise VolumeError(f"{promise.path}: too large to read into memory: the header promises "
+                          f"{promise.describe()}, which need {promise.needed:,} bytes ({_gib(promise.needed)}) "
+                          "to read as float32; crop it to the region you need or downsample it") from err
+    except VolumeError:
+        raise
+    except Exception as err:
+        msg = " ".join(str(err).split())[:200] or type(err).__name__
+        raise VolumeError(f"{promise.path}: cannot be read as {volume_suffix(promise.path)} ({msg}; the header "
+                          f"promises {promise.describe()}); is the file complete and of this format?") from err
 
 
 def _clean_spacing(values) -> tuple[float, float, float]:
@@ -237,34 +403,75 @@ def _channels_first(data: np.ndarray, path: Path, channel_axis: int) -> np.ndarr
                       "save one volume per file")
 
 
+def _npy_promise(path: Path) -> _Promise:
+    """The shape and dtype in a ``.npy`` header; an array of Python objects is refused unread."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise VolumeError(f"{path}: holds Python objects (dtype {dtype}), which hyperseg never loads because "
+                          "unpickling them can run code; save the volume as a numeric array")
+    return _Promise(path, tuple(int(n) for n in shape), dtype, path.stat().st_size - offset)
+
+
 def _read_npy(path: Path) -> _Raw:
-    data = np.load(path, allow_pickle=False)
+    promise = _npy_promise(path)
+    data = _read_promised(promise, lambda: np.load(path, allow_pickle=False))
     spacing = (1.0, 1.0, 1.0)
     return _Raw(_channels_first(data, path, 0), _diag_affine(spacing), None, spacing)
 
 
 def _read_nifti(path: Path) -> _Raw:
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
+    img = nib.load(str(path))  # the header only; voxels are read below
+    header = img.header
+    disk = header.get_data_dtype()
+    slope, inter = header.get_slope_inter()
+    scaled = (slope is not None and slope != 1) or (inter is not None and inter != 0)
+    dtype = np.result_type(disk, np.float64) if scaled else disk
+    stored = None if volume_suffix(path) == ".nii.gz" else path.stat().st_size - int(header["vox_offset"])
+    promise = _Promise(path, tuple(int(n) for n in img.shape), np.dtype(dtype), stored, disk.itemsize)
+    data = _read_promised(promise, lambda: np.asanyarray(img.dataobj))
     if data.ndim > 4:  # e.g. (X, Y, Z, 1, C) vector images: drop singleton axes past the third
         extra = [a for a in range(3, data.ndim) if data.shape[a] == 1]
         data = np.squeeze(data, axis=tuple(extra[: data.ndim - 4]))
-    zooms = img.header.get_zooms()
-    return _Raw(_channels_first(data, path, -1), np.asarray(img.affine, np.float64), img.header,
-                _clean_spacing(zooms[:3]))
+    zooms = header.get_zooms()
+    return _Raw(_channels_first(data, path, -1), np.asarray(img.affine, np.float64), header,
+                _clean_spacing(zooms[:3]), unit_symbol(header.get_xyzt_units()[0]))
 
 
-def _tiff_spacing(tif) -> tuple[float, float, float]:
-    """Voxel size (z, y, x) from OME or ImageJ metadata, 1 where absent."""
+def _ome_spacing(xml: str) -> tuple[tuple[float, float, float], str] | None:
+    """Voxel size (z, y, x) and its unit from OME-XML ``Pixels``; ``None`` without a ``Pixels`` element.
+
+    OME's default unit is µm. Axes in different known units are converted
+    to the unit of X; with an unknown unit among them the unit is ``""``.
+    """
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for el in root.iter():
+        if el.tag.endswith("Pixels"):
+            sizes = _clean_spacing([el.get(f"PhysicalSize{a}", "nan") for a in "ZYX"])
+            units = [unit_symbol(el.get(f"PhysicalSize{a}Unit", "µm")) for a in "ZYX"]
+            unit = units[2]
+            if len(set(units)) > 1:
+                if not all(units):
+                    return sizes, ""
+                sizes = tuple(_in_unit((s, s, s), u, unit)[0] for s, u in zip(sizes, units))
+            return sizes, unit  # type: ignore[return-value]
+    return None
+
+
+def _tiff_spacing(tif) -> tuple[tuple[float, float, float], str]:
+    """Voxel size (z, y, x) and its unit from OME or ImageJ metadata; 1 and ``""`` where absent."""
     if tif.is_ome and tif.ome_metadata:
-        try:
-            root = ET.fromstring(tif.ome_metadata)
-        except ET.ParseError:
-            root = None
-        if root is not None:
-            for el in root.iter():
-                if el.tag.endswith("Pixels"):
-                    return _clean_spacing([el.get(f"PhysicalSize{a}", "nan") for a in "ZYX"])
+        found = _ome_spacing(tif.ome_metadata)
+        if found is not None:
+            return found
     if tif.is_imagej:
         meta = tif.imagej_metadata or {}
         page = tif.pages[0]
@@ -277,8 +484,9 @@ def _tiff_spacing(tif) -> tuple[float, float, float]:
             except (AttributeError, TypeError, ValueError, ZeroDivisionError):
                 return 1.0
 
-        return _clean_spacing([meta.get("spacing", 1.0), size("YResolution"), size("XResolution")])
-    return (1.0, 1.0, 1.0)
+        spacing = _clean_spacing([meta.get("spacing", 1.0), size("YResolution"), size("XResolution")])
+        return spacing, unit_symbol(meta.get("unit"))
+    return (1.0, 1.0, 1.0), ""
 
 
 def _read_tiff(path: Path) -> _Raw:
@@ -286,9 +494,10 @@ def _read_tiff(path: Path) -> _Raw:
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        data = series.asarray()
         axes = series.axes
-        spacing = _tiff_spacing(tif)
+        promise = _Promise(path, tuple(int(n) for n in series.shape), np.dtype(series.dtype))
+        data = _read_promised(promise, series.asarray)
+        spacing, unit = _tiff_spacing(tif)
     if data.ndim == 3 and len(axes) == 3 and axes[-1] in "SC":
         raise VolumeError(f"{path}: is a 2D image with {data.shape[-1]} colour channels (axes {axes}), not a "
                           "volume; save a Z, Y, X stack")
@@ -296,18 +505,70 @@ def _read_tiff(path: Path) -> _Raw:
     if data.ndim == 4 and len(axes) == 4:
         other = [i for i, a in enumerate(axes) if a not in "ZYX"]
         channel_axis = other[0] if other else 0
-    return _Raw(_channels_first(data, path, channel_axis), _diag_affine(spacing), None, spacing)
+    return _Raw(_channels_first(data, path, channel_axis), _diag_affine(spacing), None, spacing, unit)
+
+
+def _mrc_axis_order(header, path: Path) -> tuple[int, int, int]:
+    """``(mapc, mapr, maps)``: the physical axis (1 = X, 2 = Y, 3 = Z) of the columns, rows and sections.
+
+    Columns vary fastest, so the stored array is ``(sections, rows,
+    columns)``; the standard order is ``(1, 2, 3)``, read as ``(Z, Y, X)``.
+    All zero (left unset by some writers) means the standard order.
+    """
+    order = (int(header.mapc), int(header.mapr), int(header.maps))
+    if order == (0, 0, 0):
+        return (1, 2, 3)
+    if sorted(order) != [1, 2, 3]:
+        raise VolumeError(f"{path}: the header's axis order (mapc, mapr, maps) = {order} is not a permutation of "
+                          "1, 2, 3; fix the header (1, 2, 3 for X, Y, Z)")
+    return order  # type: ignore[return-value]
+
+
+def _mrc_start_xyz(header, order: tuple[int, int, int]) -> tuple[int, int, int]:
+    """``(nxstart, nystart, nzstart)`` (given for columns, rows, sections) along X, Y, Z."""
+    start = [0, 0, 0]
+    for axis, value in zip(order, (header.nxstart, header.nystart, header.nzstart)):
+        start[axis - 1] = int(value)
+    return tuple(start)  # type: ignore[return-value]
+
+
+def _mrc_translation_zyx(header, order, spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Position (z, y, x) of voxel 0: the header origin, or ``nstart * voxel size`` when the origin is 0."""
+    origin = [float(header.origin.x), float(header.origin.y), float(header.origin.z)]
+    if not all(np.isfinite(origin)):
+        origin = [0.0, 0.0, 0.0]
+    if not any(origin):
+        start = _mrc_start_xyz(header, order)
+        origin = [start[0] * spacing[2], start[1] * spacing[1], start[2] * spacing[0]]
+    return origin[2], origin[1], origin[0]
 
 
 def _read_mrc(path: Path) -> _Raw:
+    """An MRC map as ``(Z, Y, X)`` whatever its stored axis order, with its voxel size and origin (Å)."""
     import mrcfile
+    from mrcfile.utils import data_dtype_from_header
 
-    with mrcfile.open(str(path), mode="r", permissive=False) as mrc:
-        data = np.array(mrc.data)
-        vs = mrc.voxel_size
+    with mrcfile.open(str(path), mode="r", permissive=False, header_only=True) as mrc:
         header = mrc.header.copy()
+    order = _mrc_axis_order(header, path)
+    stored = path.stat().st_size - header.nbytes - int(header.nsymbt)
+    promise = _Promise(path, (int(header.nz), int(header.ny), int(header.nx)),
+                       np.dtype(data_dtype_from_header(header)), stored)
+
+    def read():
+        with mrcfile.open(str(path), mode="r", permissive=False) as mrc:
+            return np.array(mrc.data), mrc.voxel_size.copy()
+
+    data, vs = _read_promised(promise, read)
+    # stored axes (sections, rows, columns) hold physical axes (maps, mapr, mapc); put Z, Y, X in that order
+    stored_axes = (order[2], order[1], order[0])
+    perm = [stored_axes.index(axis) for axis in (3, 2, 1)]
+    lead = data.ndim - 3
+    data = np.ascontiguousarray(np.transpose(data, [*range(lead), *(lead + p for p in perm)]))
     spacing = _clean_spacing([vs.z, vs.y, vs.x])
-    return _Raw(_channels_first(data, path, 0), _diag_affine(spacing), header, spacing)
+    affine = _diag_affine(spacing)
+    affine[:3, 3] = _mrc_translation_zyx(header, order, spacing)
+    return _Raw(_channels_first(data, path, 0), affine, header, spacing, "Å")
 
 
 _READERS = {".npy": _read_npy, ".nii": _read_nifti, ".nii.gz": _read_nifti, ".tif": _read_tiff,
@@ -315,7 +576,13 @@ _READERS = {".npy": _read_npy, ".nii": _read_nifti, ".nii.gz": _read_nifti, ".ti
 
 
 def _load(path: Path) -> _Raw:
-    """Read one file as it is stored (no value checks); every failure becomes a VolumeError."""
+    """Read one file as it is stored (no value checks); every failure becomes a VolumeError.
+
+    Every format is read as data: no reader unpickles (``np.load`` with
+    ``allow_pickle=False``, after the header is checked for Python objects),
+    and a header that promises more voxels than memory (or the file) holds
+    is refused before they are allocated.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -330,7 +597,7 @@ def _load(path: Path) -> _Raw:
     except VolumeError:
         raise
     except MemoryError as err:
-        raise VolumeError(f"{path}: too large to read into memory ({err}); crop or downsample it") from err
+        raise VolumeError(f"{path}: too large to read into memory; crop or downsample it") from err
     except Exception as err:
         msg = " ".join(str(err).split())[:200] or type(err).__name__
         raise VolumeError(f"{path}: cannot be read as {suffix} ({msg}); is the file complete and of this "
@@ -422,7 +689,7 @@ def read_case(case: Case, nan_policy: str = "error") -> Volume:
     array = check_array(data, str(first) if len(files) == 1 else f"{first} (case {case.name})", nan_policy)
     raw = raws[0]
     return Volume(array=array, affine=raw.affine, header=raw.header, path=first, spacing=raw.spacing,
-                  fmt=volume_suffix(first), case=case.name)
+                  fmt=volume_suffix(first), case=case.name, unit=raw.unit)
 
 
 def read_volume(path: str | Path, nan_policy: str = "error") -> Volume:
@@ -446,12 +713,27 @@ def read_labels(path: str | Path) -> np.ndarray:
 # writing
 # ---------------------------------------------------------------------------
 
+def _is_mrc_header(header: Any) -> bool:
+    names = getattr(getattr(header, "dtype", None), "names", None) or ()
+    return all(f in names for f in ("mapc", "mapr", "maps", "origin", "nxstart"))
+
+
 def write_label_map(path: str | Path, labels: np.ndarray, like: Volume) -> Path:
     """Write an integer label map ``(D, H, W)`` on ``like``'s grid as uint8, atomically.
 
-    The format follows ``path``'s suffix: NIfTI keeps ``like``'s affine and
-    header (data type uint8, no intensity scaling); TIFF (ImageJ) and MRC
-    keep its voxel size (and MRC its origin); ``.npy`` holds the array only.
+    The format follows ``path``'s suffix:
+
+    * NIfTI keeps ``like``'s affine and header (data type uint8, no
+      intensity scaling); from another format it records ``like.unit`` when
+      NIfTI has it (mm, µm, m).
+    * TIFF is OME-TIFF, axes ``ZYX``, with ``PhysicalSizeX/Y/Z`` =
+      ``like.spacing`` (x, y, z) and their unit ``like.unit`` (``"pixel"``
+      when unknown).
+    * MRC is written in the standard axis order (1, 2, 3) with the voxel
+      size in Å (converted from ``like.unit``; as given when the unit is
+      unknown); from an MRC input it keeps the header origin and the start
+      indices ``nxstart/nystart/nzstart`` (re-ordered to X, Y, Z).
+    * ``.npy`` holds the array only.
     """
     path = Path(path)
     suffix = volume_suffix(path)
@@ -475,22 +757,30 @@ def write_label_map(path: str | Path, labels: np.ndarray, like: Volume) -> Path:
             img = cls(labels, like.affine, header=header.copy() if header is not None else None)
             img.set_data_dtype(np.uint8)
             img.header.set_slope_inter(1, 0)
+            nifti_units = {"mm": "mm", "µm": "micron", "m": "meter"}
+            if header is None and like.unit in nifti_units:
+                img.header.set_xyzt_units(xyz=nifti_units[like.unit])
             nib.save(img, str(tmp))
         elif suffix in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, labels, imagej=True, photometric="minisblack", resolution=(1.0 / sw, 1.0 / sh),
-                             metadata={"spacing": sd, "axes": "ZYX"})
+            unit = like.unit or "pixel"
+            meta = {"axes": "ZYX"}
+            for axis, size in zip("XYZ", (sw, sh, sd)):
+                meta[f"PhysicalSize{axis}"] = size
+                meta[f"PhysicalSize{axis}Unit"] = unit
+            tifffile.imwrite(tmp, labels, ome=True, photometric="minisblack", metadata=meta)
         else:
             import mrcfile
 
+            az, ay, ax = _in_unit((sd, sh, sw), like.unit, "Å")
             with mrcfile.new(str(tmp), overwrite=True) as mrc:
                 mrc.set_data(labels)
-                mrc.voxel_size = (sw, sh, sd)  # mrcfile's order is (x, y, z)
-                origin = getattr(like.header, "origin", None) if like.header is not None else None
-                if origin is not None and getattr(like.header, "dtype", None) is not None \
-                        and "origin" in like.header.dtype.names:
-                    mrc.header.origin = origin
+                mrc.voxel_size = (ax, ay, az)  # mrcfile's order is (x, y, z)
+                if _is_mrc_header(like.header):
+                    mrc.header.origin = like.header.origin
+                    order = _mrc_axis_order(like.header, like.path or path)
+                    mrc.header.nxstart, mrc.header.nystart, mrc.header.nzstart = _mrc_start_xyz(like.header, order)
 
     atomic_write(path, write)
     return path
