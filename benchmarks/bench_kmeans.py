@@ -37,9 +37,8 @@ import numpy as np
 import torch
 
 import _record
-from hyperseg.cluster import EuclideanKMeans, HyperbolicKMeans
+from hyperseg.cluster import EuclideanKMeans, HyperbolicKMeans, HyperbolicKMedians
 from hyperseg.config import Config
-from hyperseg.kmedians import HyperbolicKMedians
 from hyperseg.geometry.poincare import expmap, expmap0, pairwise_dist, transp0
 from hyperseg.metrics import mean_dice
 
