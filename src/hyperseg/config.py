@@ -20,6 +20,8 @@ PATCH_SCALES = ("uniform", "log")
 PAD_MODES = ("replicate", "zeros", "reflect")
 LIKELIHOODS = ("unit", "scale")
 CLUSTERINGS = ("kmeans", "mixture", "kmedians")
+#: How the levels relate: clustered one by one, or nested (cluster/hierarchy.py).
+HIERARCHIES = ("independent", "divisive", "agglomerative")
 TRIPLET_DISTANCES = ("distance", "squared")
 NEGATIVES = ("disjoint", "all_axes")  # negative-child placements of data/sampler.py
 
@@ -121,7 +123,8 @@ class Config:
     # per-level overrides of smooth_sigma, {number of clusters: sigma}; e.g. {2: 4.0} smooths the
     # two-cluster level more, as coarse levels describe larger structures (independent levels only)
     level_smooth_sigma: dict[int, float] = field(default_factory=dict)
-    # per-level overrides of clustering, {number of clusters: method}; nested levels (hierarchy) ignore it. The
+    # per-level overrides of clustering, {number of clusters: method}; nested levels (hierarchy) use k-means at
+    # every level: they do not apply this default and refuse any other setting but k-means (validate). The
     # default k-medians for 2 clusters keeps two large regions apart where 2-means would give a centroid
     # to a small, distant group (kmedians.py); chosen on validation volumes (BENCHMARKS.md). {} = the paper.
     level_clustering: dict[int, str] = field(default_factory=lambda: {2: "kmedians"})
@@ -183,8 +186,8 @@ class Config:
         need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {PAD_MODES}")
         need(len(self.levels) >= 1 and all(k >= 1 for k in self.levels),
              "levels must be a non-empty list of cluster counts >= 1")
-        need(self.hierarchy in ("independent", "divisive", "agglomerative"),
-             f"hierarchy must be independent, divisive or agglomerative, got {self.hierarchy!r}")
+        need(self.hierarchy in HIERARCHIES,
+             f"hierarchy must be one of {', '.join(HIERARCHIES)}, got {self.hierarchy!r}")
         need(self.smooth_sigma >= 0, f"smooth_sigma must be >= 0 voxels (0 turns smoothing off), "
              f"got {self.smooth_sigma}")
         need(isinstance(self.level_smooth_sigma, dict)
@@ -200,6 +203,14 @@ class Config:
              and all(isinstance(k, int) and k >= 1 and v in CLUSTERINGS for k, v in self.level_clustering.items()),
              f"level_clustering must map numbers of clusters (>= 1) to one of {', '.join(CLUSTERINGS)}, "
              f"got {self.level_clustering!r}")
+        # nested levels are cut from one k-means tree: refuse a method they would not apply (the field's
+        # default level_clustering is allowed and documented as not applied, so that "hierarchy: divisive" alone works)
+        default_levels = next(f for f in fields(self) if f.name == "level_clustering").default_factory()
+        need(self.hierarchy == "independent" or (self.clustering == "kmeans" and (
+             self.level_clustering == default_levels or set(self.level_clustering.values()) <= {"kmeans"})),
+             f"hierarchy {self.hierarchy!r} cuts every level from one k-means tree, so clustering "
+             f"{self.clustering!r} with level_clustering {self.level_clustering!r} cannot apply; use hierarchy "
+             "'independent' for per-level methods, or clustering 'kmeans' with level_clustering {}")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
