@@ -4,12 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hyperseg.cluster import (
-    EuclideanKMeans,
-    HyperbolicKMeans,
-    NotFittedError,
-    frechet_mean,
-)
+from hyperseg.cluster import EuclideanKMeans, HyperbolicKMeans, frechet_mean
+from hyperseg.errors import NotFittedError
 from hyperseg.geometry.poincare import expmap, expmap0, pairwise_dist, transp0
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from hyperseg.config import Config
-from hyperseg.hierarchy import NestedClustering
+from hyperseg.cluster import NestedClustering
 from hyperseg.segment import cluster_levels
 
 

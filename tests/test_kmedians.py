@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from hyperseg.cluster import HyperbolicKMeans
+from hyperseg.cluster import EuclideanKMedians, HyperbolicKMeans, HyperbolicKMedians, geometric_median
 from hyperseg.config import Config
 from hyperseg.geometry.poincare import expmap, pairwise_dist
-from hyperseg.kmedians import EuclideanKMedians, HyperbolicKMedians, geometric_median
 from hyperseg.segment import cluster_points
 
 from test_cluster import ball_blobs, py_dist, py_mobius_add, same_partition

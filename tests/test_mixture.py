@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from hyperseg.cluster import HyperbolicKMeans, NotFittedError
+from hyperseg.cluster import EuclideanMixture, HyperbolicKMeans, HyperbolicMixture
+from hyperseg.errors import NotFittedError
 from hyperseg.geometry import WrappedNormal
 from hyperseg.metrics import mean_dice
-from hyperseg.mixture import EuclideanMixture, HyperbolicMixture
 
 
 def _compact_and_wide(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,8 +15,11 @@ neighbourhood, :mod:`hyperseg.smooth`; 0 turns it off, as in the paper).
 own sigma.
 
 With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
-levels are nested instead (:mod:`hyperseg.hierarchy`): every cluster of a finer
-level lies inside one cluster of each coarser level.
+levels are nested instead (:mod:`hyperseg.cluster.hierarchy`): every cluster of a
+finer level lies inside one cluster of each coarser level. Nested levels are
+all cut from k-means, so they override ``Config.level_clustering``: its default
+(k-medians at 2 clusters) is not applied to them, and ``Config.validate``
+refuses any other method together with a nested hierarchy.
 """
 from __future__ import annotations
 
@@ -25,13 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .cluster import EuclideanKMeans, HyperbolicKMeans
+from .cluster import NestedClustering, make_clusterer
 from .config import Config
 from .data.preprocess import normalize_for
 from .embed import embed_volume
-from .hierarchy import NestedClustering
-from .kmedians import EuclideanKMedians, HyperbolicKMedians
-from .mixture import EuclideanMixture, HyperbolicMixture
 from .model import HyperVAE
 from .smooth import smooth_embedding
 
@@ -52,24 +52,24 @@ class Segmentation:
 def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int = 0) -> np.ndarray:
     """Cluster latent points ``(N, d)`` into ``n_clusters``; returns labels ``(N,)`` int64.
 
-    ``cfg.level_clustering.get(n_clusters, cfg.clustering)`` picks k-means (the
-    paper), the mixture with a scale per cluster (:mod:`hyperseg.mixture`) or
-    k-medians (:mod:`hyperseg.kmedians`).
+    The method is ``cfg.level_clustering.get(n_clusters, cfg.clustering)``:
+    k-means (the paper), the mixture with a scale per cluster
+    (:mod:`hyperseg.cluster.mixture`) or k-medians
+    (:mod:`hyperseg.cluster.kmedians`), for ``cfg.latent``
+    (:func:`hyperseg.cluster.make_clusterer`). ``cfg.kmeans_max_iter`` applies
+    to k-means only; the others keep their own ``max_iter`` (Weiszfeld
+    converges linearly, classification EM needs few iterations).
 
     Fitted on a random subset of at most ``cfg.kmeans_sample`` points, then
     every point is assigned to its nearest centroid.
     """
     if n_clusters > len(points):
         raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
-    kwargs = dict(n_clusters=n_clusters, n_init=cfg.kmeans_n_init, seed=seed, sample_size=cfg.kmeans_sample or None)
     method = cfg.level_clustering.get(n_clusters, cfg.clustering)
-    if method == "mixture":
-        km = (HyperbolicMixture(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanMixture(**kwargs))
-    elif method == "kmedians":  # Weiszfeld converges linearly: its own (larger) default max_iter
-        km = HyperbolicKMedians(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMedians(**kwargs)
-    else:
-        kwargs["max_iter"] = cfg.kmeans_max_iter
-        km = HyperbolicKMeans(c=cfg.c, **kwargs) if cfg.latent == "hyperbolic" else EuclideanKMeans(**kwargs)
+    params = dict(n_init=cfg.kmeans_n_init, seed=seed, sample_size=cfg.kmeans_sample or None)
+    if method == "kmeans":
+        params["max_iter"] = cfg.kmeans_max_iter
+    km = make_clusterer(method, cfg.latent, n_clusters, c=cfg.c, **params)
     labels = km.fit(points).labels_
     centres = np.asarray(km.cluster_centers_)
     order = np.argsort(np.linalg.norm(centres, axis=1), kind="stable")
@@ -81,8 +81,12 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
 def cluster_levels(points: np.ndarray, levels, cfg: Config, seed: int = 0) -> dict[int, np.ndarray]:
     """Labels ``{K: (N,) int64}`` of points ``(N, d)`` for each number of clusters in ``levels``.
 
-    ``cfg.hierarchy`` chooses independent k-means per level (the paper) or
-    nested levels (:mod:`hyperseg.hierarchy`).
+    ``cfg.hierarchy`` chooses independent levels (the paper; each by
+    :func:`cluster_points`, with its own method from ``cfg.level_clustering``)
+    or nested levels (:class:`hyperseg.cluster.NestedClustering`), which are
+    k-means at every level and so override ``cfg.level_clustering``
+    (``Config.validate`` refuses a non-default setting that is not k-means).
+    A single distinct level is always clustered independently.
     """
     ks = [int(k) for k in levels]
     if cfg.hierarchy == "independent" or len(set(ks)) < 2:

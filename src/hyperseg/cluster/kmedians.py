@@ -28,80 +28,23 @@ weighted by ``w_i / sum w``. **Guard:** a point closer to ``m`` than
 weight; it is left out of both sums (otherwise a centroid seeded on a data
 point could never move), as in the usual modified Weiszfeld iteration.
 
-:class:`HyperbolicKMedians` runs the Lloyd loop of :mod:`hyperseg.cluster`
+:class:`HyperbolicKMedians` runs the Lloyd loop of :mod:`hyperseg.cluster.lloyd`
 (k-means++-style seeding with ``d^1`` instead of ``d^2`` sampling, nearest
 centroid assignment, ``n_init`` restarts keeping the lowest objective), with
 ``median_iters`` Weiszfeld steps per iteration warm-started at the previous
-centroid. All clusters are updated at once, with no Python loop over points.
+centroid (the point sets :class:`~hyperseg.cluster.points.BallMedianPoints`
+and :class:`~hyperseg.cluster.points.FlatMedianPoints`). All clusters are
+updated at once, with no Python loop over points.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
 
-from .cluster import (_as_points, _BallPoints, _check_int, _cluster_centres, _FlatPoints, _InBall, _LloydKMeans,
-                      _project_unit, _to_unit_ball)
-from .geometry.poincare import expmap, lambda_x, logmap
+from ._validation import Integer, as_points, to_unit_ball
+from .lloyd import InBall, LloydKMeans
+from .points import BallMedianPoints, FlatMedianPoints, centres_of
 
 __all__ = ["HyperbolicKMedians", "EuclideanKMedians", "geometric_median"]
-
-COINCIDE = 1e-12  # points this close to the centroid carry no direction (module docstring)
-
-
-class _MedianBallPoints(_BallPoints):
-    """Points of the unit ball whose cluster centres are geometric medians."""
-
-    def update(self, labels: torch.Tensor, m: torch.Tensor, n_steps: int = 1, tol: float = 0.0,
-               delta: torch.Tensor | None = None):
-        """Up to ``n_steps`` Weiszfeld steps for all clusters at once, warm-started at ``m`` ``(K, d)``.
-
-        A cluster without points (or whose points all sit on its centroid)
-        keeps its centroid. Stops early once no centroid moves by ``tol`` or
-        more. ``delta`` is accepted for the k-means interface and not needed.
-        Returns ``(centroids, steps)``.
-        """
-        K = m.shape[0]
-        steps = 0
-        for steps in range(1, n_steps + 1):
-            own = m[labels]  # (N, d)
-            v = logmap(own, self.z)  # (N, d), Riemannian norm d_i
-            d = v.norm(dim=-1) * lambda_x(own)  # (N,) d_i, read back from v (logmap already computed it)
-            w = torch.where(d > COINCIDE, 1.0 / d.clamp_min(COINCIDE), 0.0)
-            wsum = torch.bincount(labels, weights=w, minlength=K)  # (K,)
-            vsum = self._cluster_sums(labels, v.T, w, K)  # (K, d)
-            step = vsum / wsum.clamp_min(1e-300)[:, None]
-            new = _project_unit(torch.where((wsum > 0)[:, None], expmap(m, step), m))
-            moved = self.shift(m, new).max().item() if tol > 0 else math.inf
-            m = new
-            if moved < tol:
-                break
-        return m, steps
-
-
-class _MedianFlatPoints(_FlatPoints):
-    """Points of R^d whose cluster centres are geometric medians (Weiszfeld 1937)."""
-
-    def update(self, labels: torch.Tensor, m: torch.Tensor, n_steps: int = 1, tol: float = 0.0, delta=None):
-        """Up to ``n_steps`` Weiszfeld steps ``m <- sum_i w_i x_i / sum_i w_i``, ``w_i = 1/|x_i - m|``.
-
-        The flat case of :meth:`_MedianBallPoints.update` (same guard, same
-        return value ``(centroids, steps)``).
-        """
-        K = m.shape[0]
-        steps = 0
-        for steps in range(1, n_steps + 1):
-            d = self._row_sq(m, labels).sqrt_()
-            w = torch.where(d > COINCIDE, 1.0 / d.clamp_min(COINCIDE), 0.0)
-            wsum = torch.bincount(labels, weights=w, minlength=K)
-            new = self._cluster_sums(labels, self.zt, w, K) / wsum.clamp_min(1e-300)[:, None]
-            new = torch.where((wsum > 0)[:, None], new, m)
-            moved = self.shift(m, new).max().item() if tol > 0 else math.inf
-            m = new
-            if moved < tol:
-                break
-        return m, steps
 
 
 def geometric_median(X, labels=None, n_clusters: int | None = None, c: float = 1.0, init=None,
@@ -115,10 +58,10 @@ def geometric_median(X, labels=None, n_clusters: int | None = None, c: float = 1
     (Poincare distance) or ``max_iter`` steps. A cluster without points gets
     its ``init`` row, or NaN.
     """
-    return _cluster_centres(_MedianBallPoints, X, labels, n_clusters, c, init, max_iter, tol)
+    return centres_of(BallMedianPoints, X, labels, n_clusters, c, init, max_iter, tol, "geometric_median")
 
 
-class HyperbolicKMedians(_InBall, _LloydKMeans):
+class HyperbolicKMedians(InBall, LloydKMeans):
     """k-medians in the Poincare ball of curvature ``-c``: the robust sibling of :class:`HyperbolicKMeans`.
 
     Same API, parameters and fitted attributes as :class:`HyperbolicKMeans`
@@ -132,50 +75,57 @@ class HyperbolicKMedians(_InBall, _LloydKMeans):
     """
 
     _power = 1
+    _RULES = {**LloydKMeans._RULES, **InBall._BALL_RULES, "median_iters": Integer(1)}
 
     def __init__(self, n_clusters: int = 8, n_init: int = 4, max_iter: int = 300, tol: float = 1e-6,
                  c: float = 1.0, seed: int = 0, median_iters: int = 1, init: str = "k-means++",
                  sample_size: int | None = None, n_threads: int | None = 1):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
         self.c = c
+        self.seed = seed
         self.median_iters = median_iters
-        super().__init__(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, tol=tol,
-                         init=init, sample_size=sample_size, seed=seed, n_threads=n_threads)
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        self._check_curvature()
-        _check_int("median_iters", self.median_iters, 1)
+        self.init = init
+        self.sample_size = sample_size
+        self.n_threads = n_threads
+        self._check_params()
 
     @property
     def _steps(self) -> int:
         return self.median_iters
 
     def _points(self, X, name="X"):
-        return _MedianBallPoints(_to_unit_ball(X, self.c, name))
+        return BallMedianPoints(to_unit_ball(X, self.c, type(self).__name__, name))
 
 
-class EuclideanKMedians(_LloydKMeans):
-    """k-medians in R^d (for the Euclidean-latent ablation), same API as :class:`HyperbolicKMedians`."""
+class EuclideanKMedians(LloydKMeans):
+    """k-medians in R^d (for the Euclidean-latent ablation), same API as :class:`HyperbolicKMedians` without ``c``."""
 
     _power = 1
+    _RULES = {**LloydKMeans._RULES, "median_iters": Integer(1)}
 
     def __init__(self, n_clusters: int = 8, n_init: int = 4, max_iter: int = 300, tol: float = 1e-6,
                  seed: int = 0, median_iters: int = 1, init: str = "k-means++", sample_size: int | None = None,
                  n_threads: int | None = 1):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.seed = seed
         self.median_iters = median_iters
-        super().__init__(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, tol=tol,
-                         init=init, sample_size=sample_size, seed=seed, n_threads=n_threads)
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        _check_int("median_iters", self.median_iters, 1)
+        self.init = init
+        self.sample_size = sample_size
+        self.n_threads = n_threads
+        self._check_params()
 
     @property
     def _steps(self) -> int:
         return self.median_iters
 
     def _points(self, X, name="X"):
-        return _MedianFlatPoints(_as_points(X, name))
+        return FlatMedianPoints(as_points(X, type(self).__name__, name))
 
     def _export(self, C):
         return C.numpy().copy()

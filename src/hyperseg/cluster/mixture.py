@@ -16,13 +16,16 @@ Cluster ``j`` is an isotropic wrapped normal on the Poincare ball of curvature
 
     ``log p_j(x) = -d/2 log(2 pi s_j^2) - r^2 / (2 s_j^2) + (d - 1) log(sqrt(c) r / sinh(sqrt(c) r))``,
 
-the last term being the volume change of the exponential map (it does not
-depend on ``s_j``; it is 0 at ``r = 0``). In R^d the same model without that
+the last term being the volume change of the exponential map,
+``-(d - 1) log_sinhc(sqrt(c) r)`` with
+:func:`hyperseg.geometry.wrapped_normal.log_sinhc` (it does not depend on
+``s_j``; it is 0 at ``r = 0``). In R^d the same model without that
 term is an isotropic Gaussian mixture.
 
 Fitting: classification EM (Celeux & Govaert 1992)
 --------------------------------------------------
-Start from k-means (:class:`hyperseg.cluster.HyperbolicKMeans`), then repeat:
+Start from k-means of the same latent (built by
+:func:`hyperseg.cluster.make_clusterer`, fitted on the subsample), then repeat:
 
 1. assign each point to ``argmax_j log pi_j + log p_j(x)``;
 2. for each cluster: ``pi_j`` = its share of points, ``m_j`` = the Frechet mean
@@ -46,8 +49,12 @@ import math
 import numpy as np
 import torch
 
-from .cluster import EuclideanKMeans, HyperbolicKMeans, NotFittedError, frechet_mean
-from .geometry.poincare import pairwise_dist
+from ..geometry.poincare import pairwise_dist
+from ..geometry.wrapped_normal import log_sinhc
+from . import dispatch
+from ._base import Estimator
+from ._validation import CURVATURE, Integer, Real, as_points, subsample
+from .kmeans import frechet_mean
 
 __all__ = ["HyperbolicMixture", "EuclideanMixture"]
 
@@ -55,60 +62,41 @@ __all__ = ["HyperbolicMixture", "EuclideanMixture"]
 MIN_VAR = 1e-8
 
 
-class _HardMixture:
-    """Classification-EM loop shared by the hyperbolic and Euclidean mixtures."""
+class _HardMixture(Estimator):
+    """Classification-EM loop shared by the hyperbolic and Euclidean mixtures.
 
-    hyperbolic = True
+    A subclass gives the latent (``_latent``, for the k-means initialisation)
+    and the geometry: ``_dist`` (point-to-mean distances), ``_means`` (cluster
+    centres) and ``_log_volume`` (the exponential map's volume term).
+    """
 
-    def __init__(self, n_clusters: int = 8, n_init: int = 4, max_iter: int = 30, c: float = 1.0,
-                 sample_size: int | None = None, seed: int = 0, frechet_iters: int = 3, tol: float = 1e-3):
-        if int(n_clusters) != n_clusters or n_clusters < 1:
-            raise ValueError(f"n_clusters must be an integer >= 1, got {n_clusters!r}")
-        if int(n_init) != n_init or n_init < 1:
-            raise ValueError(f"n_init must be an integer >= 1, got {n_init!r}")
-        if int(max_iter) != max_iter or max_iter < 0:
-            raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
-        if not (isinstance(c, (int, float)) and math.isfinite(c) and c > 0):
-            raise ValueError(f"curvature magnitude c must be a finite number > 0, got {c!r}")
-        self.n_clusters, self.n_init, self.max_iter, self.c = int(n_clusters), n_init, int(max_iter), float(c)
-        if not (0 <= tol < 1):
-            raise ValueError(f"tol must be in [0, 1), got {tol!r}")
-        self.sample_size, self.seed, self.frechet_iters, self.tol = sample_size, seed, frechet_iters, tol
+    _latent = ""
+    _RULES = {"n_clusters": Integer(1), "n_init": Integer(1), "max_iter": Integer(0),
+              "sample_size": Integer(1, optional=True), "seed": Integer(0), "tol": Real(0.0, below=1.0)}
+    _AT_LEAST = (("sample_size", "n_clusters"),)
 
     # -- geometry hooks ---------------------------------------------------------
-    def _kmeans(self):
-        kw = dict(n_clusters=self.n_clusters, n_init=self.n_init, seed=self.seed, sample_size=None)
-        return HyperbolicKMeans(c=self.c, **kw) if self.hyperbolic else EuclideanKMeans(**kw)
+    def _geometry(self) -> dict:
+        """Keyword arguments of :func:`make_clusterer` that describe the geometry (the curvature)."""
+        return {}
 
     def _dist(self, X: np.ndarray, M: np.ndarray) -> np.ndarray:
         """Distances ``(N, K)`` from points ``(N, d)`` to means ``(K, d)``."""
-        if self.hyperbolic:
-            return pairwise_dist(torch.from_numpy(X), torch.from_numpy(M), c=self.c).numpy()
-        return np.sqrt(np.maximum(((X ** 2).sum(1)[:, None] - 2 * X @ M.T + (M ** 2).sum(1)[None]), 0.0))
+        raise NotImplementedError
 
     def _means(self, X: np.ndarray, labels: np.ndarray, init: np.ndarray) -> np.ndarray:
-        if self.hyperbolic:
-            return frechet_mean(X, labels, self.n_clusters, c=self.c, init=init, max_iter=self.frechet_iters)
-        n = np.bincount(labels, minlength=self.n_clusters)[:, None]
-        sums = np.stack([np.bincount(labels, weights=X[:, i], minlength=self.n_clusters)
-                         for i in range(X.shape[1])], 1)
-        return np.where(n > 0, sums / np.maximum(n, 1), init)
+        """Centre ``(K, d)`` of each cluster of ``X`` ``(N, d)``; an empty cluster keeps its ``init`` row."""
+        raise NotImplementedError
 
     def _log_volume(self, r: np.ndarray, d: int) -> np.ndarray:
-        """``(d - 1) log(sqrt(c) r / sinh(sqrt(c) r))``, 0 at ``r = 0`` (and in flat space)."""
-        if not self.hyperbolic or d == 1:
-            return np.zeros_like(r)
-        u = math.sqrt(self.c) * r
-        safe = np.maximum(u, 1e-12)
-        # log(u / sinh u) = log(2u) - u - log1p(-exp(-2u)), stable for large u
-        val = np.log(2 * safe) - safe - np.log1p(-np.exp(-2 * safe))
-        return (d - 1) * np.where(u < 1e-6, -u * u / 6, val)
+        """Log volume change of the exponential map at distance ``r`` ``(N, K)``, in ``d`` dimensions."""
+        return np.zeros_like(r)
 
     # -- fitting ------------------------------------------------------------------
     def log_prob(self, X) -> np.ndarray:
         """``log pi_j + log p_j(x)`` for every point and cluster, ``(N, K)``."""
-        self._check_fitted()
-        X = self._as_points(X)
+        self._check_fitted("cluster_centers_")
+        X = as_points(X, type(self).__name__).numpy()
         return self._joint(X, self.cluster_centers_, self.variances_, self.weights_)
 
     def _joint(self, X, M, var, w) -> np.ndarray:
@@ -119,23 +107,23 @@ class _HardMixture:
         return (logw[None] - 0.5 * d * np.log(2 * np.pi * var)[None] - r ** 2 / (2 * var[None])
                 + self._log_volume(r, d))
 
-    def _as_points(self, X) -> np.ndarray:
-        X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ValueError(f"expected points of shape (N, d), got {X.shape}")
-        if not np.isfinite(X).all():
-            raise ValueError("points must be finite")
-        return X
-
     def fit(self, X, y=None) -> "_HardMixture":
-        X = self._as_points(X)
+        """Fit on ``X`` ``(N, d)`` (numpy or torch, any real dtype); returns ``self``.
+
+        With ``sample_size`` the mixture is fitted on a random subset of at
+        most that many points (:func:`hyperseg.cluster._validation.subsample`,
+        drawn with ``seed``); ``labels_`` covers all points.
+        """
+        self._check_params()
+        X = as_points(X, type(self).__name__).numpy()
         if len(X) < self.n_clusters:
-            raise ValueError(f"n_samples={len(X)} should be >= n_clusters={self.n_clusters}")
-        rng = np.random.default_rng(self.seed)
-        S = X[rng.choice(len(X), self.sample_size, replace=False)] if (
-            self.sample_size and len(X) > self.sample_size) else X
+            raise ValueError(f"{type(self).__name__}: n_samples={len(X)} should be >= "
+                             f"n_clusters={self.n_clusters}; ask for fewer clusters or give more points")
+        idx = subsample(len(X), self.sample_size, torch.Generator().manual_seed(int(self.seed)))
+        S = X if idx is None else X[idx.numpy()]
         K, d = self.n_clusters, X.shape[1]
-        km = self._kmeans().fit(S)
+        km = dispatch.make_clusterer("kmeans", self._latent, K, n_init=self.n_init, seed=self.seed,
+                                     sample_size=None, **self._geometry()).fit(S)
         M, labels = km.cluster_centers_, km.labels_
         self.n_iter_ = 0
         for it in range(self.max_iter + 1):
@@ -168,13 +156,6 @@ class _HardMixture:
         """The most likely cluster of each point ``(N,)`` int64."""
         return self.log_prob(X).argmax(1).astype(np.int64)
 
-    def fit_predict(self, X, y=None) -> np.ndarray:
-        return self.fit(X).labels_
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "cluster_centers_"):
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit(X) first")
-
 
 class HyperbolicMixture(_HardMixture):
     """Hard-assignment mixture of isotropic wrapped normals on the Poincare ball (module docstring).
@@ -190,10 +171,61 @@ class HyperbolicMixture(_HardMixture):
     ``n_iter_``.
     """
 
-    hyperbolic = True
+    _latent = "hyperbolic"
+    _RULES = {**_HardMixture._RULES, "c": CURVATURE, "frechet_iters": Integer(1)}
+
+    def __init__(self, n_clusters: int = 8, n_init: int = 4, max_iter: int = 30, c: float = 1.0,
+                 sample_size: int | None = None, seed: int = 0, frechet_iters: int = 3, tol: float = 1e-3):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.c = c
+        self.sample_size = sample_size
+        self.seed = seed
+        self.frechet_iters = frechet_iters
+        self.tol = tol
+        self._check_params()
+
+    def _geometry(self) -> dict:
+        return {"c": self.c}
+
+    def _dist(self, X, M):
+        return pairwise_dist(torch.from_numpy(X), torch.from_numpy(M), c=self.c).numpy()
+
+    def _means(self, X, labels, init):
+        return frechet_mean(X, labels, self.n_clusters, c=self.c, init=init, max_iter=self.frechet_iters)
+
+    def _log_volume(self, r, d):
+        """``(d - 1) log(sqrt(c) r / sinh(sqrt(c) r)) = -(d - 1) log_sinhc(sqrt(c) r)``, 0 at ``r = 0``."""
+        if d == 1:
+            return np.zeros_like(r)
+        return -(d - 1) * log_sinhc(torch.from_numpy(math.sqrt(self.c) * r)).numpy()
 
 
 class EuclideanMixture(_HardMixture):
-    """The same in R^d (isotropic Gaussians), for the Euclidean-latent ablation."""
+    """The same in R^d (isotropic Gaussians), for the Euclidean-latent ablation.
 
-    hyperbolic = False
+    Parameters as :class:`HyperbolicMixture` without ``c`` and ``frechet_iters``
+    (the means are arithmetic); no volume term.
+    """
+
+    _latent = "euclidean"
+
+    def __init__(self, n_clusters: int = 8, n_init: int = 4, max_iter: int = 30, sample_size: int | None = None,
+                 seed: int = 0, tol: float = 1e-3):
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.sample_size = sample_size
+        self.seed = seed
+        self.tol = tol
+        self._check_params()
+
+    def _dist(self, X, M):
+        return np.sqrt(np.maximum(((X ** 2).sum(1)[:, None] - 2 * X @ M.T + (M ** 2).sum(1)[None]), 0.0))
+
+    def _means(self, X, labels, init):
+        n = np.bincount(labels, minlength=self.n_clusters)[:, None]
+        sums = np.stack([np.bincount(labels, weights=X[:, i], minlength=self.n_clusters)
+                         for i in range(X.shape[1])], 1)
+        return np.where(n > 0, sums / np.maximum(n, 1), init)
