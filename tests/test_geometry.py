@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 
+import mpmath
 import pytest
 import torch
 
@@ -148,6 +149,32 @@ def test_dist_near_the_rim_is_not_clamped():
     torch.testing.assert_close(pairwise_dist(x, y).diagonal(), ref, rtol=1e-9, atol=1e-7)
     # log_x(y) has Riemannian norm d(x, y) there too.
     torch.testing.assert_close(lambda_x(x) * logmap(x, y).norm(dim=-1), ref, rtol=1e-9, atol=1e-7)
+
+
+def antipodal_dist_exact(x: torch.Tensor, c: float) -> list[float]:
+    """``d_c(x, -x) = 4/sqrt(c) artanh(sqrt(c)|x|)`` for each row of ``x``, in 50-digit arithmetic.
+
+    ``-x (+) -x = -2x / (1 + c|x|^2)`` and ``2 artanh(u) = artanh(2u / (1 + u^2))``: the geodesic through the
+    origin, twice the distance to it. ``|x|`` is taken from the row's own (rounded) coordinates.
+    """
+    with mpmath.workdps(50):
+        sc = mpmath.sqrt(mpmath.mpf(c))
+        return [float(4 / sc * mpmath.atanh(sc * mpmath.sqrt(mpmath.fsum(mpmath.mpf(float(v)) ** 2 for v in row))))
+                for row in x.tolist()]
+
+
+@pytest.mark.parametrize("c", CURVATURES)
+@pytest.mark.parametrize("dtype, rtol", [(F64, 1e-12), (torch.float32, 1e-5)])
+def test_antipodal_points_are_twice_their_distance_to_the_origin_apart(c, dtype, rtol):
+    # radii sqrt(c)|x| from 1e-6 to the float64 shell 1 - 1e-5 (float32: its shell, 1 - 1e-3)
+    radii = torch.tensor([1e-6, 0.1, 0.5, 0.9, 0.99, 1 - 1e-3] + ([1 - 1e-5] if dtype == F64 else []), dtype=F64)
+    u = torch.randn(len(radii), 3, generator=gen(15), dtype=F64)
+    x = (radii[:, None] * u / u.norm(dim=-1, keepdim=True) / math.sqrt(c)).to(dtype)
+    want = torch.tensor(antipodal_dist_exact(x, c), dtype=F64)
+    torch.testing.assert_close(dist(x, -x, c).double(), want, rtol=rtol, atol=0.0)
+    torch.testing.assert_close(pairwise_dist(x, -x, c).diagonal().double(), want, rtol=rtol, atol=0.0)
+    if dtype == F64:  # geoopt's float32 artanh (log(1 + u) - log(1 - u)) keeps only ~2 digits at u = 1e-6
+        torch.testing.assert_close(dist0(x, c) * 2, want, rtol=1e-10, atol=0.0)
 
 
 @pytest.mark.parametrize("c", [1.0, 2.0])
