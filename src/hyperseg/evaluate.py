@@ -1,13 +1,16 @@
 """Scoring a folder of label maps against ground truth, level by level.
 
-Predictions are ``PRED/{case}_k{K}.nii.gz``; ground truth is
-``LABELS/{case}_level{L}.nii.gz``. A prediction with ``K`` clusters is
+Predictions are ``PRED/{case}_k{K}.{ext}``; ground truth is
+``LABELS/{case}_level{L}.{ext}``, where ``ext`` is any format hyperseg reads
+(NIfTI, TIFF, MRC, npy; see :mod:`hyperseg.data.io`), and the two need not
+share one. A prediction with ``K`` clusters is
 scored against the level whose number of classes is ``K`` according to
 ``levels.json`` (looked for in ``LABELS``, then its parent and grandparent);
 without that file, or for a ``K`` no level has, the sorted ``K`` values are
 paired with levels 1, 2, 3, ... in order. Dice and IoU follow the paper:
 Hungarian matching of clusters to classes, averaged over classes, then
-mean and standard deviation over volumes.
+mean and standard deviation over volumes. Predictions without ground truth
+are not scored and are named in the summary (``no_truth``).
 """
 from __future__ import annotations
 
@@ -17,20 +20,30 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.io import case_name, is_volume_file, read_labels
+from .data.io import SUFFIXES, VolumeError, case_name, is_volume_file, read_labels
 from .metrics import dice_iou
 
 PRED_RE = re.compile(r"^(?P<case>.+)_k(?P<k>\d+)$")
+TRUTH_RE = re.compile(r"^(?P<case>.+)_level(?P<level>\d+)$")
 
 
 def find_levels_json(labels_dir: Path) -> dict[int, int]:
-    """``{level: n_classes}`` from the nearest ``levels.json``, or ``{}``."""
+    """``{level: n_classes}`` from the nearest ``levels.json``, or ``{}``.
+
+    The file is ``{"levels": {L: {"n_classes": n, ...}}}`` or ``{L: n}``; a
+    file that is not such JSON raises ``ValueError`` naming it.
+    """
     for folder in (labels_dir, labels_dir.parent, labels_dir.parent.parent):
         f = folder / "levels.json"
         if f.is_file():
-            data = json.loads(f.read_text())
-            levels = data.get("levels", data)
-            return {int(k): int(v["n_classes"] if isinstance(v, dict) else v) for k, v in levels.items()}
+            try:
+                data = json.loads(f.read_text())
+                levels = data.get("levels", data)
+                return {int(k): int(v["n_classes"] if isinstance(v, dict) else v) for k, v in levels.items()}
+            except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as err:
+                msg = " ".join(str(err).split())[:200] or type(err).__name__
+                raise ValueError(f"{f}: not a levels file ({msg}); give {{\"levels\": {{L: {{\"n_classes\": N}}}}}} "
+                                 "or remove it") from None
     return {}
 
 
@@ -41,11 +54,34 @@ def level_for_k(ks: list[int], levels: dict[int, int]) -> dict[int, int]:
     return {k: i + 1 for i, k in enumerate(sorted(ks))}
 
 
+def find_truth(labels_dir: Path) -> dict[tuple[str, int], Path]:
+    """``{(case, level): file}`` of the ``{case}_level{L}`` label maps in ``labels_dir``, in any format.
+
+    Two files for one case and level (``a_level1.nii.gz`` and
+    ``a_level1.tif``) are an error: which one is the truth is not for
+    hyperseg to guess.
+    """
+    truth: dict[tuple[str, int], Path] = {}
+    for p in sorted(labels_dir.iterdir()):
+        m = TRUTH_RE.match(case_name(p)) if is_volume_file(p) else None
+        if not m:
+            continue
+        key = (m["case"], int(m["level"]))
+        if key in truth:
+            raise VolumeError(f"{p}: case {key[0]} has level {key[1]} ground truth also in {truth[key].name}; "
+                              "keep one file per case and level")
+        truth[key] = p
+    return truth
+
+
 def evaluate_folder(pred_dir: str | Path, labels_dir: str | Path) -> dict:
     """Score every prediction that has ground truth; returns a JSON-able summary.
 
     ``{"levels": [{"level", "k", "n_cases", "dice", "dice_std", "iou", "iou_std"}],
-    "cases": {case: {k: {"dice", "iou"}}}}``
+    "cases": {case: {k: {"dice", "iou"}}},
+    "no_truth": {case: [level, ...]}}``: ``no_truth`` names the predicted
+    cases that have no ground-truth file for a level (empty when every
+    prediction was scored).
     """
     pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
     if not pred_dir.is_dir():
@@ -60,16 +96,18 @@ def evaluate_folder(pred_dir: str | Path, labels_dir: str | Path) -> dict:
         if m:
             preds.setdefault(int(m["k"]), {})[m["case"]] = p
     if not preds:
-        raise FileNotFoundError(f"{pred_dir}: no predictions named {{case}}_k{{K}}.nii.gz")
+        raise FileNotFoundError(f"{pred_dir}: no predictions named {{case}}_k{{K}} ({', '.join(SUFFIXES)})")
+    truth = find_truth(labels_dir)
     mapping = level_for_k(sorted(preds), find_levels_json(labels_dir))
     rows, cases = [], {}
+    no_truth: dict[str, list[int]] = {}
     for k in sorted(preds):
         level = mapping[k]
         dices, ious = [], []
-        for case, path in preds[k].items():
-            gt_path = next((labels_dir / f"{case}_level{level}{ext}" for ext in (".nii.gz", ".nii", ".npy")
-                            if (labels_dir / f"{case}_level{level}{ext}").is_file()), None)
+        for case, path in sorted(preds[k].items()):
+            gt_path = truth.get((case, level))
             if gt_path is None:
+                no_truth.setdefault(case, []).append(level)
                 continue
             pred, gt = read_labels(path), read_labels(gt_path)
             if pred.shape != gt.shape:
@@ -83,14 +121,26 @@ def evaluate_folder(pred_dir: str | Path, labels_dir: str | Path) -> dict:
                          "dice": float(np.mean(dices)), "dice_std": float(np.std(dices)),
                          "iou": float(np.mean(ious)), "iou_std": float(np.std(ious))})
     if not rows:
-        raise FileNotFoundError(f"no prediction in {pred_dir} has ground truth {{case}}_level{{L}}.nii.gz in {labels_dir}")
-    return {"levels": rows, "cases": cases}
+        raise FileNotFoundError(f"{labels_dir}: no ground truth {{case}}_level{{L}} ({', '.join(SUFFIXES)}) for "
+                                f"the predictions in {pred_dir}; name each truth file after its case and level")
+    return {"levels": rows, "cases": cases, "no_truth": {c: sorted(set(lv)) for c, lv in sorted(no_truth.items())}}
+
+
+def format_no_truth(no_truth: dict[str, list[int]]) -> str:
+    """One line naming the cases without ground truth (``""`` when there are none)."""
+    if not no_truth:
+        return ""
+    named = [f"{case} (level{'s' if len(lv) > 1 else ''} {', '.join(map(str, lv))})" for case, lv in no_truth.items()]
+    return f"not scored, no ground truth: {', '.join(named)}"
 
 
 def format_table(summary: dict) -> str:
-    """The per-level summary as a Markdown table."""
+    """The per-level summary as a Markdown table, then a line naming the cases without ground truth."""
     lines = ["| level | clusters | cases | Dice | IoU |", "|---|---|---|---|---|"]
     for r in summary["levels"]:
         lines.append(f"| {r['level']} | {r['k']} | {r['n_cases']} | {r['dice']:.3f} +- {r['dice_std']:.3f} "
                      f"| {r['iou']:.3f} +- {r['iou_std']:.3f} |")
+    missing = format_no_truth(summary.get("no_truth", {}))
+    if missing:
+        lines += ["", missing]
     return "\n".join(lines)

@@ -358,7 +358,7 @@ def _check_promise(promise: _Promise) -> None:
         raise VolumeError(f"{path}: too large to read into memory: the header promises {promise.describe()}, "
                           f"which need {promise.needed:,} bytes ({_gib(promise.needed)}) to read as float32, "
                           f"and {_gib(free)} are available; crop it to the region you need or downsample it "
-                          "(2x per axis needs 8x less memory), then give that file")
+                          "(2x per axis needs 8x less memory) before giving it to hyperseg")
     if promise.stored is not None and promise.stored < promise.disk_bytes:
         raise VolumeError(f"{path}: is truncated: the header promises {promise.describe()}, but the file holds "
                           f"{max(promise.stored, 0):,} of their {promise.disk_bytes:,} bytes; copy the complete "
