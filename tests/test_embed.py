@@ -52,7 +52,10 @@ def test_window_starts_resampled_grid():
 
 
 def test_resampled_dense_close_to_per_patch_inside():
-    # Away from the patch border handling the two agree closely on a smooth volume.
+    # At s = m / p = 2 (strided last layer) the two differ only in how a patch's border is interpolated: a cut-out
+    # patch replicates its own edge, the resampled volume sees the true neighbour. On this smooth volume that
+    # costs at most 1.51e-3 (mean 2.4e-4) against latent coordinates up to 0.357; a window start shifted by one
+    # resampled voxel (half a native voxel) costs 1.3e-2 (mean 2.3e-3), which a 5 % tolerance (1.8e-2) let pass.
     torch.manual_seed(3)
     cfg = Config(embed_patch_edge=5, patch_edge=10, encoder_channels=[4, 4], decoder_channels=[4, 4], hidden=8,
                  gyro_channels=8)
@@ -61,7 +64,8 @@ def test_resampled_dense_close_to_per_patch_inside():
     vol = (g[:, None, None] + 0.5 * g[None, :, None] - g[None, None, :])[None]
     dense = embed_volume(model, vol)
     ref = embed_patches(model, vol).double()
-    assert (dense - ref).abs().max() < 0.05 * ref.abs().max() + 1e-6
+    diff = (dense - ref).abs()
+    assert diff.max() < 2e-3 and diff.mean() < 4e-4
 
 
 @pytest.mark.parametrize("patch_edge", [3, 2])  # resampling by 2 and by 3: starts on a lattice
