@@ -543,3 +543,68 @@ def test_no_reader_can_unpickle():
                         for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
             assert not imported & {"pickle", "cPickle", "dill", "joblib", "torch"}, source
     assert loads >= 1  # the .npy reader is found
+
+
+# ---------------------------------------------------------------------------
+# the same files through `hyperseg segment`: exit 2, one line naming the file
+# ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A model trained for 2 steps on two noisy boxes (see tests/conftest.py)."""
+    from conftest import tiny_yaml
+
+    from hyperseg.cli import main
+
+    root = tmp_path_factory.mktemp("io_model")
+    (root / "train").mkdir()
+    for i in range(2):
+        box = rand(16, 16, 16, seed=i)
+        box[4:12, 4:12, 4:12] += 3
+        np.save(root / "train" / f"t{i}.npy", box)
+    (root / "tiny.yaml").write_text(tiny_yaml(levels="[2]"))
+    assert main(["train", "-i", str(root / "train"), "-o", str(root / "run"), "--config", str(root / "tiny.yaml"),
+                 "--steps", "2", "-q"]) == 0
+    return root / "run"
+
+
+def segment_errors(run, capsys, *args):
+    """``hyperseg segment -m RUN ARGS -q``: its exit status and its stderr lines."""
+    from hyperseg.cli import main
+
+    capsys.readouterr()
+    rc = main(["segment", "-m", str(run), "-q", *args])
+    return rc, [line for line in capsys.readouterr().err.splitlines() if line]
+
+
+def test_segment_refuses_a_header_promising_2048_cubed_float32_at_once(tiny_run, tmp_path, capsys):
+    import time
+
+    big = promising_file(tmp_path / "big.nii", (2048, 2048, 2048))
+    start = time.perf_counter()
+    rc, lines = segment_errors(tiny_run, capsys, "-i", str(big), "-o", str(tmp_path / "out"))
+    assert time.perf_counter() - start < 5
+    assert rc == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"hyperseg: error: {big}: ")
+    assert_names_the_size(lines[0].removeprefix("hyperseg: error: "), big, 2048 ** 3, 4 * 2048 ** 3)
+
+
+BAD_FILES = ["pickled.npy", "garbage.nii", "garbage.nii.gz", "garbage.tif", "garbage.mrc"]
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+@pytest.mark.parametrize("role", ["volume", "mask"])
+def test_segment_reads_every_file_as_data(tiny_run, tmp_path, capsys, name, role):
+    marker = tmp_path / "MARKER"
+    bad = pickled_command_npy(tmp_path / name, marker) if name.startswith("pickled") \
+        else garbage_file(tmp_path / name)
+    good = tmp_path / "good.npy"
+    box = rand(12, 12, 12, seed=5)
+    box[3:9, 3:9, 3:9] += 3
+    np.save(good, box)
+    args = ["-i", str(bad)] if role == "volume" else ["-i", str(good), "--mask", str(bad)]
+    rc, lines = segment_errors(tiny_run, capsys, *args, "-o", str(tmp_path / "out"))
+    assert rc == 2 and len(lines) == 1, lines
+    problem = "holds Python objects" if name.startswith("pickled") else "cannot be read as"
+    assert lines[0].startswith(f"hyperseg: error: {bad}: {problem}"), lines[0]
+    assert not marker.exists()
