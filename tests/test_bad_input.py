@@ -8,18 +8,20 @@ for the bad case; earlier outputs untouched.
 import contextlib
 import gzip
 import io
+import shutil
 import tempfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+import yaml
 from conftest import tiny_yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from hyperseg.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hyperseg.cli import main
 
 TINY_CONFIG = tiny_yaml(checkpoint_every=2, levels="[2, 3]")
@@ -151,23 +153,24 @@ def test_a_case_with_more_channels_than_the_model_was_trained_on(run, folder, tm
 
 
 def test_a_checkpoint_whose_weights_do_not_fit_its_configuration(run, folder, tmp_path, capsys):
-    state = torch.load(run / "model.pt", weights_only=False)
-    state["config"]["hidden"] = 16  # the weights were trained with hidden: 8
     other = tmp_path / "other_run"
-    other.mkdir()
-    torch.save(state, other / "model.pt")
+    shutil.copytree(run, other)
+    cfg = yaml.safe_load((other / CONFIG_FILE).read_text())
+    cfg["hidden"] = 16  # the weights were trained with hidden: 8
+    (other / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
     assert segment(other, folder, tmp_path / "out") == 2
     [line] = error_lines(capsys)
-    assert line.startswith(f"hyperseg: error: {other / 'model.pt'}") and "checkpoint" in line
+    assert line.startswith(f"hyperseg: error: {other / WEIGHTS_FILE}") and "checkpoint" in line
     assert not (tmp_path / "out").exists()
 
 
-def test_a_run_folder_without_model_pt(run, folder, tmp_path, capsys):
+def test_a_run_folder_without_a_trained_model(run, folder, tmp_path, capsys):
     empty = tmp_path / "empty_run"
     empty.mkdir()
     assert segment(empty, folder, tmp_path / "out") == 2
     [line] = error_lines(capsys)
-    assert line.startswith(f"hyperseg: error: {empty}") and "model.pt" in line and "hyperseg train" in line
+    assert line.startswith(f"hyperseg: error: {empty}") and WEIGHTS_FILE in line and "hyperseg train" in line
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("where", ["a file", "below a file"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import tiny_yaml
 
+from hyperseg.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hyperseg.cli import main
 
 TINY_CONFIG = tiny_yaml(checkpoint_every=2)
@@ -24,7 +25,7 @@ def test_train_segment_evaluate(bench, capsys):
     run, out = bench / "run", bench / "seg"
     assert main(["train", "-i", str(bench / "data" / "train"), "-o", str(run), "--config",
                  str(bench / "tiny.yaml"), "--steps", "3", "--seed", "1", "-q"]) == 0
-    assert (run / "model.pt").is_file() and (run / "config.yaml").is_file()
+    assert (run / WEIGHTS_FILE).is_file() and (run / CONFIG_FILE).is_file()
     assert "seed: 1" in (run / "config.yaml").read_text()
     test_dir = bench / "data" / "test"
     assert main(["segment", "-m", str(run), "-i", str(test_dir), "-o", str(out), "--levels", "2", "4", "-q",
@@ -67,7 +68,7 @@ def test_highpass_is_trained_with_and_applied_when_segmenting(bench, capsys):
     from hyperseg.data.io import read_volume
     from hyperseg.data.preprocess import highpass, normalize
     from hyperseg.embed import embed_volume
-    from hyperseg.train import load_model
+    from hyperseg.checkpoint import load_model
 
     run = bench / "run_highpass"
     assert main(["train", "-i", str(bench / "data" / "train"), "-o", str(run), "--config",

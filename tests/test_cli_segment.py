@@ -286,7 +286,7 @@ def test_smooth_option_sets_the_embedding_smoothing(run, tmp_path, capsys):
     # smoothing shrinks the spread of the points (distances to their gyromidpoint)
     assert np.std(smooth, axis=(0, 1, 2)).sum() < np.std(raw, axis=(0, 1, 2)).sum()
     assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(tmp_path / "bad"), "--smooth", "-1"]) == 2
-    assert "--smooth must be >= 0" in capsys.readouterr().err
+    assert "smooth_sigma must be >= 0 voxels" in capsys.readouterr().err
 
 
 def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
@@ -299,7 +299,7 @@ def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
         assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--smooth", sigma) == 0
         assert np.array_equal(np.load(tmp_path / "o" / f"a_k{k}.npy"), np.load(tmp_path / f"s{k}" / f"a_k{k}.npy"))
     assert segment(run, src, tmp_path / "n", "--level-smooth", "2=4", "--hierarchy", "divisive") == 2
-    assert "--level-smooth needs independent levels" in capsys.readouterr().err
+    assert "level_smooth_sigma needs hierarchy 'independent'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         segment(run, src, tmp_path / "x", "--level-smooth", "two=4")
 
@@ -320,5 +320,110 @@ def test_level_clustering_option_is_parsed_and_checked(run, tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "d" / "a_k2.npy"), medians)
     assert segment(run, src, tmp_path / "n", "--level-clustering", "2=kmedians", "--hierarchy", "divisive") == 2
     assert "--level-clustering needs independent levels" in capsys.readouterr().err
+    assert segment(run, src, tmp_path / "x", "--level-clustering", "2=kmedoids") == 2
+    assert "level_clustering must map" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        segment(run, src, tmp_path / "x", "--level-clustering", "2=kmedoids")
+        segment(run, src, tmp_path / "x", "--level-clustering", "two")
+
+
+# -- one configuration, one model load per process, one naming rule ---------------------------------
+@pytest.mark.parametrize("extra,rule,option", [
+    (["--smooth", "-1"], "smooth_sigma must be >= 0", "--smooth"),
+    (["--patch-edge", "0"], "embed_patch_edge must be >= 1", "--patch-edge"),
+    (["--levels", "2", "300"], "from 1 to 256", "--levels"),
+    (["--level-smooth", "0=2"], "level_smooth_sigma must map", "--level-smooth"),
+    (["--level-clustering", "2=kmedoids"], "level_clustering must map", "--level-clustering"),
+], ids=["smooth", "patch-edge", "levels", "level-smooth", "level-clustering"])
+def test_a_configuration_rule_broken_on_the_command_line_is_one_line_and_nothing_is_made(run, tmp_path, capsys,
+                                                                                         extra, rule, option):
+    src = tmp_path / "a.npy"
+    np.save(src, blob((10, 9, 8), 1))
+    capsys.readouterr()
+    assert segment(run, src, tmp_path / "out", *extra) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("hyperseg: error: invalid configuration: ") and rule in line
+    assert line.endswith(f"(set by {option})")
+    assert not (tmp_path / "out").exists()  # refused before the output folder is made
+
+
+def _count_model_loads(monkeypatch) -> list:
+    import hyperseg.checkpoint as checkpoint
+
+    calls, real = [], checkpoint.load_model
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_model", counting)
+    return calls
+
+
+def test_a_process_that_segments_alone_loads_the_model_once(run, four_cases, tmp_path, monkeypatch):
+    calls = _count_model_loads(monkeypatch)
+    assert segment(run, four_cases, tmp_path / "out", "--levels", "2") == 0
+    assert len(calls) == 1
+    assert names(tmp_path / "out") == [f"case{i}_k2.npy" for i in range(4)]
+
+
+def test_each_worker_loads_the_model_once_and_segments_with_the_resolved_configuration(run, four_cases, tmp_path,
+                                                                                       monkeypatch):
+    import pickle
+
+    import hyperseg.cli.workers as workers
+
+    seen = []
+
+    def in_process(job, shares, on_result, n_threads, slot0=0):  # run_spawned's protocol, without processes
+        job = pickle.loads(pickle.dumps(job))  # what a spawned worker receives
+        for j, share in enumerate(shares):
+            state = job.setup(slot0 + j)
+            seen.append(state.model.cfg)
+            for case in share:
+                on_result(job.run_case(state, case))
+
+    monkeypatch.setattr(workers, "run_spawned", in_process)
+    calls = _count_model_loads(monkeypatch)
+    assert segment(run, four_cases, tmp_path / "out", "--nproc", "2", "--levels", "3", "2", "3", "--smooth", "0") == 0
+    assert len(calls) == 1 + 2  # the command's own check, then one per worker
+    assert [(c.levels, c.smooth_sigma) for c in seen] == [([3, 2], 0.0)] * 2
+    assert names(tmp_path / "out") == sorted(f"case{i}_k{k}.npy" for i in range(4) for k in (2, 3))
+
+
+@pytest.mark.parametrize("fmt,embeddings,report,want", [
+    (None, False, False, ["a_k3.npy", "a_k2.npy"]),
+    ("tif", True, False, ["a_k3.tif", "a_k2.tif", "a_embedding.npy"]),
+    (".MRC", False, True, ["a_k3.mrc", "a_k2.mrc", "a_report.png"]),
+    ("nii.gz", True, True, ["a_k3.nii.gz", "a_k2.nii.gz", "a_embedding.npy", "a_report.png"]),
+])
+def test_the_names_skip_existing_looks_for_are_the_files_segment_case_writes(run, tmp_path, fmt, embeddings, report,
+                                                                              want):
+    from hyperseg.checkpoint import load_model
+    from hyperseg.data.io import find_cases
+    from hyperseg.pipeline import SegmentOptions, case_outputs, segment_case
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    np.save(src / "a_0000.npy", blob((10, 9, 8), 2))  # case "a": outputs are named by the case, not the file
+    [case] = find_cases(src)
+    model = load_model(run)
+    model.cfg = model.cfg.replace(levels=[3, 2])
+    options = SegmentOptions(output=out, output_format=fmt, save_embeddings=embeddings, report=report)
+    named = list(case_outputs(case, model.cfg.levels, options).values())
+    assert [p.name for p in named] == want
+    written = segment_case(model, case, options)
+    assert written == named and names(out) == sorted(want)
+    # every output there: a run that skips existing outputs reads nothing (the input is gone) and writes nothing
+    (src / "a_0000.npy").write_bytes(b"damaged")
+    again = SegmentOptions(output=out, output_format=fmt, save_embeddings=embeddings, report=report,
+                           skip_existing=True)
+    assert segment_case(model, case, again) == []
+
+
+def test_an_unknown_output_format_is_refused_before_anything_is_made(run, tmp_path, capsys):
+    src = tmp_path / "a.npy"
+    np.save(src, blob((10, 9, 8), 1))
+    with pytest.raises(SystemExit):
+        segment(run, src, tmp_path / "out", "--output-format", "png")
+    assert "invalid choice: 'png'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

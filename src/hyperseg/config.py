@@ -22,6 +22,8 @@ LIKELIHOODS = ("unit", "scale")
 CLUSTERINGS = ("kmeans", "mixture", "kmedians")
 #: How the levels relate: clustered one by one, or nested (cluster/hierarchy.py).
 HIERARCHIES = ("independent", "divisive", "agglomerative")
+#: Most clusters a level may have: label maps are stored as uint8.
+MAX_CLUSTERS = 256
 TRIPLET_DISTANCES = ("distance", "squared")
 NEGATIVES = ("disjoint", "all_axes")  # negative-child placements of data/sampler.py
 
@@ -39,7 +41,7 @@ class Config:
     decoder_input: str = "gyroplane"  # "gyroplane" conv on z, or "linear" on log_0(z) (ablation)
     latent_dim: int = 4  # paper: d = 2 in all experiments; 4 chosen here on validation volumes (BENCHMARKS.md)
     # curvature magnitude: the ball has curvature -c (paper: c = 1); 3 and 10 scored worse and 0.3 no
-    # better on the irregular validation volumes (BENCHMARKS.md, session 9)
+    # better on the irregular validation volumes (BENCHMARKS.md, "What was tried")
     c: float = 1.0
     patch_edge: int = 10  # model input edge m (paper: 10)
     in_channels: int = 1
@@ -64,10 +66,10 @@ class Config:
     # "sum": the released code's sum of the ELBO over the batch (shrinks beta by the batch size)
     elbo_reduction: str = "mean"
     # p(x | z): "unit" is a unit-variance Gaussian on the voxels (the paper's code); "scale"
-    # (default, session 5) lets the decoder also predict each voxel's standard deviation
+    # (the default) lets the decoder also predict each voxel's standard deviation
     # (floored at likelihood_min_scale), so the latent must say how strongly a patch is
     # textured, not only its mean intensity. Chosen on validation volumes over 3 seeds
-    # (BENCHMARKS.md, "Likelihood with a learned scale").
+    # (BENCHMARKS.md, "What was tried").
     likelihood: str = "scale"
     likelihood_min_scale: float = 0.05
 
@@ -184,8 +186,9 @@ class Config:
         need(self.embed_patch_edge >= 1, "embed_patch_edge must be >= 1")
         need(self.embed_tile >= 1, "embed_tile must be >= 1")
         need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {PAD_MODES}")
-        need(len(self.levels) >= 1 and all(k >= 1 for k in self.levels),
-             "levels must be a non-empty list of cluster counts >= 1")
+        need(len(self.levels) >= 1 and all(1 <= k <= MAX_CLUSTERS for k in self.levels),
+             f"levels must be a non-empty list of cluster counts from 1 to {MAX_CLUSTERS} (label maps are "
+             f"uint8), got {self.levels}")
         need(self.hierarchy in HIERARCHIES,
              f"hierarchy must be one of {', '.join(HIERARCHIES)}, got {self.hierarchy!r}")
         need(self.smooth_sigma >= 0, f"smooth_sigma must be >= 0 voxels (0 turns smoothing off), "

@@ -1,34 +1,57 @@
-"""One volume in, label maps on its own grid out: the segmentation pipeline.
+"""One case in, label maps on its own grid out: the segmentation pipeline.
 
-:func:`segment_volume` is what ``hyperseg segment`` and the Python API run
-on every case:
+:func:`segment_volume` is what every caller runs on a volume (``hyperseg
+segment``, ``hyperseg demo``, ``hyperseg bench`` and the Python API):
 
-1. an anisotropic volume (voxel size not equal along ``D, H, W``) is
+1. the volume is checked against the model (``(C, D, H, W)`` with the
+   model's ``C`` channels, a mask on its grid, at least as many voxels as
+   clusters);
+2. an anisotropic volume (voxel size not equal along ``D, H, W``) is
    resampled trilinearly to cubic voxels of its finest spacing
    (:mod:`hyperseg.data.resample`), and a given foreground mask with it
    (nearest neighbour);
-2. :func:`hyperseg.segment.segment_array` normalises each channel
+3. :func:`hyperseg.segment.segment_array` normalises each channel
    (:func:`hyperseg.data.preprocess.normalize_for`, the function training
-   uses, robust and inside the mask), embeds every voxel and clusters the
-   embeddings at each level;
-3. label maps and embeddings are brought back to the input grid by nearest
+   uses, robust and inside the mask), embeds every voxel, smooths the
+   embedding field and clusters it at each level of ``model.cfg``;
+4. label maps and embeddings are brought back to the input grid by nearest
    neighbour.
+
+:func:`segment_case` does that for a case on disk and writes its outputs,
+named by :func:`case_outputs` (the names ``--skip-existing`` looks for):
+
+* ``{case}_k{K}{suffix}`` per number of clusters ``K``, in the input's format
+  (``suffix`` = its :data:`~hyperseg.data.io.OUTPUT_SUFFIXES` entry) unless
+  :attr:`SegmentOptions.output_format` names another;
+* ``{case}_embedding.npy``: float32 ``(D, H, W, d)`` ball coordinates of the
+  points that were clustered (``save_embeddings``);
+* ``{case}_report.png``: mid-slices and the Poincare disk (``report``).
+
+Everything is computed before anything is written, and each file is written
+atomically, so a case that fails writes nothing.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data.io import Volume, VolumeError
+from .data.io import OUTPUT_SUFFIXES, Case, Volume, VolumeError, read_case, volume_suffix, write_label_map
 from .data.preprocess import normalize_for
 from .data.resample import isotropic_shape, resample_image, resample_nearest
 from .embed import embed_volume
 from .model import HyperVAE
 from .segment import Segmentation, segment_array
+from .utils import atomic_write
+
+#: Format of the label maps of an input whose own format cannot be written.
+DEFAULT_SUFFIX = ".nii.gz"
 
 
+# ----------------------------------------------------------------------------- one volume
 def _model_grid(model: HyperVAE, volume: Volume, mask: np.ndarray | None
                 ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int]]:
     """Check ``volume`` against the model; return its array and mask on the isotropic grid, and that grid."""
@@ -64,11 +87,18 @@ def segment_volume(
 
     ``mask``: optional boolean ``(D, H, W)`` foreground for the normalisation
     statistics. Returns label maps ``{K: (D, H, W) uint8}`` and the embedding
-    ``(D, H, W, d)``, both on the input grid.
+    ``(D, H, W, d)``, both on the input grid. A volume with fewer voxels than
+    ``max(levels)`` is refused (:class:`~hyperseg.data.io.VolumeError`).
     """
     shape = volume.spatial_shape
     x, m, _ = _model_grid(model, volume, mask)
-    seg = segment_array(model, x, [int(k) for k in levels], seed=seed, progress=progress, mask=m)
+    ks = [int(k) for k in levels]
+    n_voxels = int(np.prod(shape))
+    if ks and n_voxels < max(ks):
+        name = str(volume.path) if volume.path is not None else volume.case
+        raise VolumeError(f"{name}: has only {n_voxels} voxel(s), fewer than the {max(ks)} clusters asked for; "
+                          "ask for fewer clusters (levels)")
+    seg = segment_array(model, x, ks, seed=seed, progress=progress, mask=m)
     labels = {k: resample_nearest(v, shape) for k, v in seg.labels.items()}
     return Segmentation(labels=labels, embedding=resample_nearest(seg.embedding, shape))
 
@@ -83,3 +113,110 @@ def embed_volume_on_grid(model: HyperVAE, volume: Volume, mask: np.ndarray | Non
     x = normalize_for(model.cfg, x, m)
     emb = embed_volume(model, torch.from_numpy(x), progress=progress).numpy()
     return resample_nearest(emb, volume.spatial_shape)
+
+
+# ----------------------------------------------------------------------------- one case on disk
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How a case is read and what is written for it (``model.cfg`` says how it is segmented).
+
+    ``output``: the folder the outputs go to; ``output_format``: the label
+    maps' format, an :data:`~hyperseg.data.io.OUTPUT_SUFFIXES` entry without
+    its dot (``"nii.gz"``, ``"tif"``, ...), or ``None`` for the input's own;
+    ``nan_policy``: what :func:`~hyperseg.data.io.read_case` does with NaN/Inf
+    voxels; ``save_embeddings`` / ``report``: also write those files;
+    ``skip_existing``: leave outputs that exist alone and write only the
+    missing ones; ``seed``: the clustering seed; ``progress``: a progress bar
+    for the embedding pass.
+    """
+
+    output: Path
+    output_format: str | None = None
+    nan_policy: str = "error"
+    save_embeddings: bool = False
+    report: bool = False
+    skip_existing: bool = False
+    seed: int = 0
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", Path(self.output))
+        if self.output_format is not None:
+            fmt = self.output_format.lower().lstrip(".")
+            if "." + fmt not in OUTPUT_SUFFIXES:
+                raise ValueError(f"unknown output format {self.output_format!r}; use one of "
+                                 f"{', '.join(s.lstrip('.') for s in OUTPUT_SUFFIXES)}")
+            object.__setattr__(self, "output_format", fmt)
+
+
+def label_suffix(source: str | Path, output_format: str | None = None) -> str:
+    """The suffix of the label maps of an input file: ``"." + output_format``, else the file's own format
+    (``.nii.gz`` where that cannot be written). Reads nothing."""
+    if output_format is not None:
+        return "." + output_format
+    own = volume_suffix(source)
+    return own if own in OUTPUT_SUFFIXES else DEFAULT_SUFFIX
+
+
+def case_outputs(case: Case, levels: Sequence[int], options: SegmentOptions) -> dict[str, Path]:
+    """The files :func:`segment_case` writes for ``case``, by role: ``"k{K}"`` per level, ``"embedding"``,
+    ``"report"`` (the last two only when ``options`` asks for them). Reads nothing."""
+    suffix = label_suffix(case.files[0], options.output_format)
+    out = {f"k{int(k)}": options.output / f"{case.name}_k{int(k)}{suffix}" for k in levels}
+    if options.save_embeddings:
+        out["embedding"] = options.output / f"{case.name}_embedding.npy"
+    if options.report:
+        out["report"] = options.output / f"{case.name}_report.png"
+    return out
+
+
+def missing_outputs(case: Case, levels: Sequence[int], options: SegmentOptions) -> dict[str, Path]:
+    """The outputs of ``case`` still to write: all of them, or (``skip_existing``) those that do not exist."""
+    outputs = case_outputs(case, levels, options)
+    if options.skip_existing:
+        outputs = {role: p for role, p in outputs.items() if not p.exists()}
+    return outputs
+
+
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+
+    atomic_write(path, write)
+    return path
+
+
+def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
+                 mask: np.ndarray | None = None) -> list[Path]:
+    """Read ``case``, segment it at every level of ``model.cfg`` and write its outputs; returns the files
+    written, in the order label maps (by level), embedding, report.
+
+    ``mask``: optional boolean ``(D, H, W)`` foreground on the case's grid.
+    Nothing is written when any step fails; with ``options.skip_existing`` a
+    case whose outputs all exist is not even read.
+    """
+    from .report import render_case_report, write_png
+
+    cfg = model.cfg
+    levels = list(dict.fromkeys(int(k) for k in cfg.levels))
+    outputs = missing_outputs(case, levels, options)
+    if not outputs:
+        return []
+    vol = read_case(case, nan_policy=options.nan_policy)
+    seg = segment_volume(model, vol, levels, seed=options.seed, progress=options.progress, mask=mask)
+    png = None  # rendered before anything is written: a failure leaves no file behind
+    if "report" in outputs:
+        png = render_case_report(vol.array[0], seg.labels, seg.embedding,
+                                 c=cfg.c if cfg.latent == "hyperbolic" else None,
+                                 spacing=vol.spacing, title=case.name, seed=options.seed)
+    written = [write_label_map(outputs[f"k{k}"], seg.labels[k], vol) for k in levels if f"k{k}" in outputs]
+    if "embedding" in outputs:
+        written.append(_save_npy(outputs["embedding"], np.ascontiguousarray(seg.embedding, dtype=np.float32)))
+    if png is not None:
+        written.append(write_png(outputs["report"], png))
+    return written
+
+
+__all__ = ["SegmentOptions", "case_outputs", "embed_volume_on_grid", "label_suffix", "missing_outputs",
+           "segment_case", "segment_volume"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import add_common
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="reproduce the paper's tables on the synthetic benchmarks, with baselines",
@@ -19,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="keep the rows an interrupted run of the same profile left in DIR/results.json "
                         "and run only the missing ones")
-    p.add_argument("-q", "--quiet", action="store_true", help="hide progress bars")
+    add_common(p, device=False)
 
 
 def run(args: argparse.Namespace) -> int:

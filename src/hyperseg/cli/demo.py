@@ -25,11 +25,11 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     """The main job, small: synthesise, train, segment the test volumes, score, draw."""
     from ..config import Config
-    from ..data.io import find_volumes, read_labels, read_volume, write_label_map
+    from ..data.io import find_cases, find_volumes, read_case, read_labels, read_volume
     from ..data.synthetic import write_benchmark
     from ..evaluate import evaluate_folder, find_levels_json, format_table
+    from ..pipeline import SegmentOptions, case_outputs, segment_case
     from ..report import save_slices_png
-    from ..segment import segment_array
     from ..train import train
     from ..utils import atomic_write_text, resolve_device
 
@@ -47,23 +47,20 @@ def run(args: argparse.Namespace) -> int:
     model = train(cfg, arrays, out / "run", minutes=args.minutes, progress=not quiet,
                   device=resolve_device(args.device))
     print(f"[3/4] segmenting the test volumes into {ks} clusters")
-    seg_dir = out / "segmentations"
-    first = None
-    for f in tqdm(find_volumes(data / "test"), desc="segment", unit="case", disable=quiet):
-        vol = read_volume(f)
-        seg = segment_array(model, vol.array, ks, seed=args.seed)
-        for k, lab in seg.labels.items():
-            write_label_map(seg_dir / f"{vol.case}_k{k}.nii.gz", lab, vol)
-        if first is None:
-            first = (vol, seg)
+    options = SegmentOptions(output=out / "segmentations", seed=args.seed)  # {case}_k{K}.nii.gz, as segment
+    cases = find_cases(data / "test")
+    for case in tqdm(cases, desc="segment", unit="case", disable=quiet):
+        segment_case(model, case, options)
     print("[4/4] scoring against the ground truth")
-    summary = evaluate_folder(seg_dir, data / "test" / "labels")
+    summary = evaluate_folder(options.output, data / "test" / "labels")
     atomic_write_text(out / "scores.json", json.dumps(summary, indent=2))
     print(format_table(summary))
-    if first is not None:
-        vol, seg = first
-        truth = {lvl: read_labels(data / "test" / "labels" / f"{vol.case}_level{lvl}.nii.gz") for lvl in levels}
-        png = save_slices_png(out / "demo.png", vol.array[0], seg.labels, truth, title=f"{vol.case}: hyperseg demo")
+    if cases:  # the first case's label maps as written, beside its ground truth
+        case = cases[0]
+        maps = {int(role[1:]): read_labels(path) for role, path in case_outputs(case, ks, options).items()}
+        truth = {lvl: read_labels(data / "test" / "labels" / f"{case.name}_level{lvl}.nii.gz") for lvl in levels}
+        png = save_slices_png(out / "demo.png", read_case(case).array[0], maps, truth,
+                              title=f"{case.name}: hyperseg demo")
         print(f"wrote {png}")
     print(f"done in {time.time() - t0:.0f} s; outputs in {out}")
     return 0

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-
+from .common import add_common
 
 
 def add_parser(sub) -> None:
@@ -13,6 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("-p", "--predictions", required=True, type=Path, help="folder of {case}_k{K} label maps")
     p.add_argument("-t", "--truth", required=True, type=Path, help="folder of {case}_level{L} ground truth")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_common(p, device=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,13 @@
 """``hyperseg segment``: segment volumes with a trained model.
 
-Outputs, per case ``{case}`` of the input (a file, or every case of a folder as
-:func:`hyperseg.data.io.find_cases` groups them, nnU-Net channel files
-included), in the output folder:
+The command line resolves one :class:`~hyperseg.config.Config` (the run's,
+with the segmentation options on top, validated once by
+:meth:`Config.validate <hyperseg.config.Config.validate>`) and one
+:class:`~hyperseg.pipeline.SegmentOptions`, and hands every case to
+:func:`hyperseg.pipeline.segment_case`. Outputs, per case ``{case}`` of the
+input (a file, or every case of a folder as :func:`hyperseg.data.io.find_cases`
+groups them, nnU-Net channel files included), in the output folder, named by
+:func:`hyperseg.pipeline.case_outputs`:
 
 * ``{case}_k{K}{suffix}``: one label map per requested number of clusters
   ``K``, on the input's grid and geometry, in the input's format unless
@@ -17,6 +22,9 @@ Many volumes: ``--nproc N`` deals the sorted cases out to N processes (case
 same way (see :mod:`hyperseg.cli.workers`). ``--skip-existing`` skips a case
 whose every requested output exists, and writes only the missing outputs of a
 case that was half done, so an interrupted run can simply be started again.
+The model is loaded once per process: the command's own process loads it (a
+missing or unusable checkpoint stops the run before any output is made) and
+segments with it when it works alone; each spawned worker loads its own copy.
 
 Bad input: a case that cannot be segmented is reported as one line,
 ``hyperseg: error: {file}: {problem}``, on stderr; the other cases are still
@@ -29,61 +37,47 @@ like any other; it fails only when it has fewer voxels than the clusters asked f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import CLUSTERINGS
-from .common import USER_ERRORS, UserError, add_common
+from ..config import CLUSTERINGS, HIERARCHIES, Config
+from .common import OUTPUT_FORMAT_CHOICES, USER_ERRORS, UserError, add_common, add_nan_policy
 
-OUTPUT_FORMATS = ("nii.gz", "nii", "tif", "mrc", "npy")
-NAN_POLICIES = ("error", "fill")
-#: Largest number of clusters a uint8 label map can hold.
-MAX_CLUSTERS = 256
+if TYPE_CHECKING:  # imported where used: building the parser must not import torch
+    from ..pipeline import SegmentOptions
+
 #: Error messages longer than this are cut (a state-dict mismatch lists every tensor).
 MAX_MESSAGE = 400
+#: The :class:`Config` field each segmentation option sets (``Config.validate`` checks them).
+OPTION_FIELDS = {"levels": "levels", "patch_edge": "embed_patch_edge", "hierarchy": "hierarchy",
+                 "clustering": "clustering", "smooth": "smooth_sigma", "level_smooth": "level_smooth_sigma",
+                 "level_clustering": "level_clustering"}
 
 
-def _output_format(text: str) -> str:
-    fmt = text.lower().lstrip(".")
-    if fmt == "tiff":
-        fmt = "tif"
-    if fmt not in OUTPUT_FORMATS:
-        raise argparse.ArgumentTypeError(f"unknown output format {text!r}; use one of {', '.join(OUTPUT_FORMATS)}")
-    return fmt
+def _level_value(kind: str, example: str, convert):
+    """An argparse type for ``"K=VALUE"`` -> ``(K, convert(VALUE))``; the values are checked by ``Config``."""
+    def parse(text: str) -> tuple[int, Any]:
+        try:
+            k, value = text.split("=")
+            return int(k), convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected K={kind}, e.g. {example}, got {text!r}") from None
+
+    parse.__name__ = f"K={kind}"  # argparse names the type in its messages
+    return parse
 
 
-def _level_sigma(text: str) -> tuple[int, float]:
-    """``"K=SIGMA"`` -> ``(K, SIGMA)`` for ``--level-smooth``."""
-    import argparse
-
-    try:
-        k, sigma = text.split("=")
-        k_int, s_float = int(k), float(sigma)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K=SIGMA, e.g. 2=4, got {text!r}") from None
-    if k_int < 1 or not s_float >= 0:
-        raise argparse.ArgumentTypeError(f"K must be >= 1 and SIGMA >= 0, got {text!r}")
-    return k_int, s_float
-
-
-def _level_method(text: str) -> tuple[int, str]:
-    """``"K=METHOD"`` -> ``(K, METHOD)`` for ``--level-clustering``."""
-    import argparse
-
-    try:
-        k, method = text.split("=")
-        k_int = int(k)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K=METHOD, e.g. 2=kmedians, got {text!r}") from None
-    if k_int < 1 or method not in CLUSTERINGS:
-        raise argparse.ArgumentTypeError(f"K must be >= 1 and METHOD one of {', '.join(CLUSTERINGS)}, got {text!r}")
-    return k_int, method
+def _format_name(text: str) -> str:
+    """``".TIF"`` -> ``"tif"``: a label-map format as :class:`~hyperseg.pipeline.SegmentOptions` names it."""
+    return text.lower().lstrip(".")
 
 
 def add_parser(sub) -> None:
@@ -101,7 +95,7 @@ def add_parser(sub) -> None:
     p.add_argument("--patch-edge", type=int,
                    help="edge of the patch embedded around each voxel (default: the configuration's, 5)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
-    p.add_argument("--hierarchy", choices=["independent", "divisive", "agglomerative"],
+    p.add_argument("--hierarchy", choices=list(HIERARCHIES),
                    help="independent k-means per level (the paper; default), or nested levels: every cluster "
                         "of a finer level inside one of each coarser level")
     p.add_argument("--clustering", choices=list(CLUSTERINGS),
@@ -111,18 +105,18 @@ def add_parser(sub) -> None:
     p.add_argument("--smooth", type=float, metavar="SIGMA",
                    help="Gaussian smoothing of the embedding field before clustering, in voxels "
                         "(default: the configuration's smooth_sigma, 2; 0 = off, as in the paper)")
-    p.add_argument("--level-smooth", type=_level_sigma, nargs="+", metavar="K=SIGMA",
+    p.add_argument("--level-smooth", type=_level_value("SIGMA", "2=4", float), nargs="+", metavar="K=SIGMA",
                    help="a smoothing sigma for the level with K clusters, e.g. 2=4 (overrides --smooth "
                         "for that level; independent levels only)")
-    p.add_argument("--level-clustering", type=_level_method, nargs="+", metavar="K=METHOD",
+    p.add_argument("--level-clustering", type=_level_value("METHOD", "2=kmedians", str), nargs="+",
+                   metavar="K=METHOD",
                    help="a clustering method for the level with K clusters, e.g. 2=kmedians (overrides "
                         "--clustering for that level; independent levels only)")
-    p.add_argument("--output-format", type=_output_format, metavar="{" + ",".join(OUTPUT_FORMATS) + "}",
-                   help="format of the label maps (default: the input's format)")
+    p.add_argument("--output-format", type=_format_name, choices=OUTPUT_FORMAT_CHOICES, metavar="FORMAT",
+                   help="format of the label maps, one of %(choices)s (default: the input's format)")
     p.add_argument("--mask", type=Path, help="foreground mask for intensity normalisation: one file for every "
                    "case, or a folder with one mask per case named like the case")
-    p.add_argument("--nan-policy", choices=NAN_POLICIES, default="error",
-                   help="NaN/Inf voxels: 'error' (default) or 'fill' with the channel's median")
+    add_nan_policy(p)
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write {case}_embedding.npy: float32 (D, H, W, d) ball coordinates "
                         "of the points that were clustered (after smoothing)")
@@ -136,7 +130,54 @@ def add_parser(sub) -> None:
     add_common(p)
 
 
-# ----------------------------------------------------------------------------- one case
+# ----------------------------------------------------------------------------- the configuration
+def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
+    """The run's configuration ``cfg`` with the segmentation options of ``args`` on top, validated once.
+
+    ``--levels`` (duplicates dropped), ``--patch-edge``, ``--hierarchy``,
+    ``--smooth`` and ``--level-smooth`` set their fields (:data:`OPTION_FIELDS`);
+    ``--clustering`` sets every level's method (the per-level defaults
+    included), and ``--level-clustering`` then overrides single levels. A
+    rule of :meth:`Config.validate` that the result breaks is a
+    :class:`UserError` naming the option that set the field.
+    """
+    levels = list(dict.fromkeys(int(k) for k in (args.levels or cfg.levels)))
+    changes: dict[str, Any] = {"levels": levels}
+    if args.patch_edge is not None:
+        changes["embed_patch_edge"] = args.patch_edge
+    if args.hierarchy is not None:
+        changes["hierarchy"] = args.hierarchy
+    if args.clustering is not None:
+        changes.update(clustering=args.clustering, level_clustering={})
+    if args.smooth is not None:
+        changes["smooth_sigma"] = args.smooth
+    if args.level_smooth:
+        changes["level_smooth_sigma"] = {**cfg.level_smooth_sigma, **dict(args.level_smooth)}
+    if args.level_clustering:
+        changes["level_clustering"] = {**changes.get("level_clustering", cfg.level_clustering),
+                                       **dict(args.level_clustering)}
+    try:
+        resolved = cfg.replace(**changes)
+    except ValueError as err:
+        raise UserError(_name_the_option(str(err), args)) from None
+    # not a Config rule: nested levels ignore level_clustering (the default sets level 2), so only an
+    # explicit request for per-level methods can be refused
+    if args.level_clustering and resolved.hierarchy != "independent":
+        raise UserError("--level-clustering needs independent levels: nested levels are cut by one "
+                        "method; drop --hierarchy or use --clustering")
+    return resolved
+
+
+def _name_the_option(message: str, args: argparse.Namespace) -> str:
+    """``message`` (``"invalid configuration: FIELD ..."``) with the option that set ``FIELD`` named."""
+    subject = re.match(r"invalid configuration: (\w+)", message)
+    for option, name in OPTION_FIELDS.items():
+        if subject and subject[1] == name and getattr(args, option, None) is not None:
+            return f"{message} (set by --{option.replace('_', '-')})"
+    return message
+
+
+# ----------------------------------------------------------------------------- one worker
 @dataclass
 class CaseResult:
     """What happened to one case: ``status`` is ``"done"`` or ``"failed"`` (``message`` says why)."""
@@ -149,98 +190,68 @@ class CaseResult:
 
 @dataclass
 class _State:
-    """What a worker loads once: the model, its levels, the masks."""
+    """What a worker loads once: the model (with the resolved configuration) and the masks."""
 
     model: Any
-    levels: list[int]
     mask_files: dict[str, Path] | None  # case name -> mask file, when --mask is a folder
     mask: np.ndarray | None  # the (D, H, W) bool mask, when --mask is one file
 
 
 @dataclass
 class SegmentJob:
-    """Everything a worker needs to segment its cases (picklable, sent to spawned workers)."""
+    """Everything a worker needs to segment its cases (picklable, sent to spawned workers).
 
-    model: Path
-    output: Path
-    levels: list[int]
-    patch_edge: int | None = None
-    hierarchy: str | None = None
-    clustering: str | None = None
-    smooth: float | None = None
-    level_smooth: dict[int, float] | None = None
-    level_clustering: dict[int, str] | None = None
-    seed: int = 0
-    output_format: str | None = None
-    nan_policy: str = "error"
+    ``run``: the run folder; ``cfg``: the resolved configuration
+    (:func:`segment_config`), which replaces the loaded model's; ``loaded``:
+    the model this process loaded already, used by :meth:`setup` instead of
+    loading it again (``None`` in a job sent to spawned workers).
+    """
+
+    run: Path
+    cfg: Config
+    options: SegmentOptions
     mask: Path | None = None
-    save_embeddings: bool = False
-    report: bool = False
-    skip_existing: bool = False
     device: str = "cpu"
-    progress: bool = False
-
-    # -- outputs --------------------------------------------------------
-    def outputs(self, case_name: str, suffix: str) -> dict[str, Path]:
-        """The files this job writes for a case, by role: ``k{K}``, ``embedding``, ``report``."""
-        out = {f"k{k}": self.output / f"{case_name}_k{k}{suffix}" for k in self.levels}
-        if self.save_embeddings:
-            out["embedding"] = self.output / f"{case_name}_embedding.npy"
-        if self.report:
-            out["report"] = self.output / f"{case_name}_report.png"
-        return out
-
-    def label_suffix(self, case) -> str:
-        """The label map suffix for a case, from its first file's name alone (nothing is read)."""
-        from ..data.io import Volume, output_suffix
-
-        return output_suffix(Volume(array=np.empty((1, 1, 1, 1), np.float32), path=case.files[0]),
-                             self.output_format)
+    loaded: Any = field(default=None, repr=False)
 
     def complete(self, case) -> bool:
-        """Whether every requested output of ``case`` exists already."""
-        return all(p.exists() for p in self.outputs(case.name, self.label_suffix(case)).values())
+        """Whether every requested output of ``case`` exists already (nothing is read)."""
+        from ..pipeline import case_outputs
+
+        return all(p.exists() for p in case_outputs(case, self.cfg.levels, self.options).values())
 
     # -- worker protocol (see hyperseg.cli.workers.Job) -----------------
     def setup(self, slot: int = 0) -> _State:
-        """Load the model on this worker's device (GPU ``slot % count`` for a bare ``cuda``) and the masks."""
+        """The model on this worker's device (GPU ``slot % count`` for a bare ``cuda``), and the masks."""
         import torch
 
-        from ..data.io import find_cases
         from ..checkpoint import load_model
+        from ..data.io import find_cases
         from ..utils import resolve_device
 
         device = resolve_device(self.device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", slot % max(torch.cuda.device_count(), 1))
-        model = load_model(self.model, device)
-        if self.patch_edge:
-            model.cfg = model.cfg.replace(embed_patch_edge=self.patch_edge)
-        if self.hierarchy:
-            model.cfg = model.cfg.replace(hierarchy=self.hierarchy)
-        if self.clustering:  # every level, the per-level defaults included; --level-clustering then overrides
-            model.cfg = model.cfg.replace(clustering=self.clustering, level_clustering={})
-        if self.smooth is not None:
-            model.cfg = model.cfg.replace(smooth_sigma=self.smooth)
-        if self.level_smooth:
-            model.cfg = model.cfg.replace(level_smooth_sigma={**model.cfg.level_smooth_sigma, **self.level_smooth})
-        if self.level_clustering:
-            model.cfg = model.cfg.replace(level_clustering={**model.cfg.level_clustering, **self.level_clustering})
+        model = self.loaded if self.loaded is not None else load_model(self.run, device)
+        model = model.to(device)
+        model.cfg = self.cfg
         mask_files = mask = None
         if self.mask is not None:
             if self.mask.is_dir():
                 mask_files = {c.name: c.files[0] for c in find_cases(self.mask)}
             else:
                 mask = _read_mask(self.mask)
-        return _State(model=model, levels=list(self.levels), mask_files=mask_files, mask=mask)
+        return _State(model=model, mask_files=mask_files, mask=mask)
 
     def failed(self, case, message: str) -> CaseResult:
         return CaseResult(case=case.name, status="failed", message=_name_the_file(message, case))
 
     def run_case(self, state: _State, case) -> CaseResult:
         """Segment one case and write its outputs; never raises for a bad case (Ctrl-C still stops)."""
+        from ..pipeline import segment_case
+
         try:
-            return self._run_case(state, case)
+            written = segment_case(state.model, case, self.options, mask=self._mask_for(state, case))
         except MemoryError as err:
             return self.failed(case, f"out of memory ({err}); use fewer --nproc workers or a larger machine")
         except (*USER_ERRORS, UserError, OSError) as err:
@@ -248,59 +259,19 @@ class SegmentJob:
         except Exception as err:  # noqa: BLE001 - one broken case must not end a run over thousands
             return self.failed(case, f"internal error ({type(err).__name__}: {err}); please report this "
                                      "with the file if you can share it")
+        return CaseResult(case=case.name, status="done", written=[str(p) for p in written])
 
-    def _run_case(self, state: _State, case) -> CaseResult:
-        from ..data.io import output_suffix, read_case, write_label_map
-        from ..pipeline import segment_volume
-        from ..report import render_case_report, write_png
-
-        first = case.files[0]
-        vol = read_case(case, nan_policy=self.nan_policy)
-        cfg = state.model.cfg
-        channels = vol.array.shape[0]
-        if channels != cfg.in_channels:
-            raise UserError(f"{first}: has {channels} channel(s) but the model in {self.model} was trained on "
-                            f"{cfg.in_channels}; segment it with a model trained on {channels}-channel data")
-        _check_segmentable(vol.array, first, max(state.levels))
-        mask = self._mask_for(state, case, vol)
-        outputs = self.outputs(case.name, output_suffix(vol, self.output_format))
-        if self.skip_existing:
-            outputs = {role: p for role, p in outputs.items() if not p.exists()}
-        seg = segment_volume(state.model, vol, state.levels, seed=self.seed, progress=self.progress, mask=mask)
-        # everything is computed before anything is written: a failure above leaves no file behind
-        png = None
-        if "report" in outputs:
-            png = render_case_report(vol.array[0], seg.labels, seg.embedding,
-                                     c=cfg.c if cfg.latent == "hyperbolic" else None,
-                                     spacing=vol.spacing, title=case.name, seed=self.seed)
-        written = []
-        for k in state.levels:
-            path = outputs.get(f"k{k}")
-            if path is not None:
-                written.append(str(write_label_map(path, seg.labels[k], vol)))
-        if "embedding" in outputs:
-            emb = np.ascontiguousarray(seg.embedding, dtype=np.float32)
-            written.append(str(_save_npy(outputs["embedding"], emb)))
-        if png is not None:
-            written.append(str(write_png(outputs["report"], png)))
-        return CaseResult(case=case.name, status="done", written=written)
-
-    def _mask_for(self, state: _State, case, vol) -> np.ndarray | None:
-        """The boolean foreground mask ``(D, H, W)`` for ``case``, or ``None`` without ``--mask``."""
+    def _mask_for(self, state: _State, case) -> np.ndarray | None:
+        """The boolean foreground mask ``(D, H, W)`` for ``case`` (its grid is checked by the pipeline)."""
         if state.mask is not None:
-            mask, where = state.mask, self.mask
-        elif state.mask_files is not None:
-            where = state.mask_files.get(case.name)
-            if where is None:
-                raise UserError(f"{case.files[0]}: no mask named {case.name}.* in {self.mask}; "
-                                "add one or leave out --mask")
-            mask = _read_mask(where)
-        else:
+            return state.mask
+        if state.mask_files is None:
             return None
-        if mask.shape != tuple(vol.array.shape[1:]):
-            raise UserError(f"{case.files[0]}: the mask {where} has shape {mask.shape} but the volume has "
-                            f"{tuple(vol.array.shape[1:])}; give a mask on the volume's grid")
-        return mask
+        where = state.mask_files.get(case.name)
+        if where is None:
+            raise UserError(f"{case.files[0]}: no mask named {case.name}.* in {self.mask}; "
+                            "add one or leave out --mask")
+        return _read_mask(where)
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -311,25 +282,6 @@ def _read_mask(path: Path) -> np.ndarray:
     if not mask.any():
         raise UserError(f"{path}: the mask is empty (no voxel > 0); give a foreground mask or leave out --mask")
     return mask
-
-
-def _check_segmentable(array: np.ndarray, file: Path, n_clusters: int) -> None:
-    """Refuse a volume with fewer voxels than clusters (constant volumes are refused by ``read_case``)."""
-    n_voxels = int(np.prod(array.shape[1:]))
-    if n_voxels < n_clusters:
-        raise UserError(f"{file}: has only {n_voxels} voxel(s), fewer than the {n_clusters} clusters asked for; "
-                        "ask for fewer with --levels")
-
-
-def _save_npy(path: Path, array: np.ndarray) -> Path:
-    from ..utils import atomic_write
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-
-    atomic_write(path, write)
-    return path
 
 
 def _one_line(message: str, limit: int = MAX_MESSAGE) -> str:
@@ -359,56 +311,36 @@ def _prepare_output(out: Path) -> None:
                         "choose another -o folder or fix its permissions") from None
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.nproc < 1:
-        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
-    if args.patch_edge is not None and args.patch_edge < 1:
-        raise UserError(f"--patch-edge must be >= 1, got {args.patch_edge}")
-    if args.level_smooth and args.hierarchy not in (None, "independent"):
-        raise UserError("--level-smooth needs independent levels: nested levels are cut from one "
-                        "embedding field; drop --hierarchy or use --smooth")
-    if args.level_clustering and args.hierarchy not in (None, "independent"):
-        raise UserError("--level-clustering needs independent levels: nested levels are cut by one "
-                        "method; drop --hierarchy or use --clustering")
-    if args.smooth is not None and not args.smooth >= 0:
-        raise UserError(f"--smooth must be >= 0 voxels (0 turns smoothing off), got {args.smooth}")
-    for k in args.levels or []:
-        if not 1 <= k <= MAX_CLUSTERS:
-            raise UserError(f"--levels: {k} clusters is out of range; use 1 to {MAX_CLUSTERS}")
-    if args.mask is not None and not args.mask.exists():
-        raise UserError(f"{args.mask}: no such mask file or folder")
-
-
 def run(args: argparse.Namespace) -> int:
     """Segment every case of ``args.input``; exit status 2 when any case failed."""
     import torch
     from tqdm.auto import tqdm
 
-    from ..data.io import find_cases
     from ..checkpoint import load_model
+    from ..data.io import find_cases
     from ..distributed import env_world
+    from ..pipeline import SegmentOptions
     from .workers import run_local, run_spawned, shard, threads_per_process
 
-    _check_args(args)
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.mask is not None and not args.mask.exists():
+        raise UserError(f"{args.mask}: no such mask file or folder")
     ranks = env_world()
     try:  # a missing or foreign checkpoint stops here, before any work
-        cfg = load_model(args.model, "cpu").cfg
+        model = load_model(args.model, "cpu")
     except ValueError as err:  # e.g. a state dict that does not fit its configuration: many lines
         raise UserError(_one_line(str(err))) from None
-    levels = [int(k) for k in (args.levels or cfg.levels)]
-    levels = sorted(set(levels), key=levels.index)
+    cfg = segment_config(model.cfg, args)
+    options = SegmentOptions(output=args.output, output_format=args.output_format, nan_policy=args.nan_policy,
+                             save_embeddings=args.save_embeddings, report=args.report,
+                             skip_existing=args.skip_existing, seed=args.seed)
     cases = find_cases(args.input)
     if args.input.is_dir() and args.input.resolve() == args.output.resolve():
         raise UserError(f"{args.output}: the output folder is the input folder; its label maps would be "
                         "read as cases next time; choose another -o folder")
     _prepare_output(args.output)
-    job = SegmentJob(model=args.model, output=args.output, levels=levels, patch_edge=args.patch_edge,
-                     hierarchy=args.hierarchy, clustering=args.clustering, smooth=args.smooth,
-                     level_smooth=dict(args.level_smooth) if args.level_smooth else None,
-                     level_clustering=dict(args.level_clustering) if args.level_clustering else None,
-                     seed=args.seed, output_format=args.output_format, nan_policy=args.nan_policy,
-                     mask=args.mask, save_embeddings=args.save_embeddings, report=args.report,
-                     skip_existing=args.skip_existing, device=args.device, progress=False)
+    job = SegmentJob(run=args.model, cfg=cfg, options=options, mask=args.mask, device=args.device)
 
     failed: list[CaseResult] = []
     done = 0
@@ -431,11 +363,12 @@ def run(args: argparse.Namespace) -> int:
             done += 1
 
     try:
-        if todo and nproc == 1:
-            job.progress = not args.quiet
+        if todo and nproc == 1:  # this process is the worker: it segments with the model it loaded
+            local = dataclasses.replace(job, options=dataclasses.replace(options, progress=not args.quiet),
+                                        loaded=model)
             previous = torch.get_num_threads()
             try:
-                run_local(job, todo, on_result, threads, slot=ranks.local_rank)
+                run_local(local, todo, on_result, threads, slot=ranks.local_rank)
             finally:
                 torch.set_num_threads(previous)
         elif todo:
@@ -452,4 +385,4 @@ def run(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-__all__ = ["OUTPUT_FORMATS", "CaseResult", "SegmentJob", "add_parser", "run"]
+__all__ = ["OPTION_FIELDS", "CaseResult", "SegmentJob", "add_parser", "run", "segment_config"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
+from .common import add_common
 
 
 def add_parser(sub) -> None:
@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--size", type=int, default=50, help="edge of each cubic volume (default 50)")
     p.add_argument("--variant", default="simple", choices=["simple", "irregular"],
                    help="simple (the paper's recipe) or irregular (deformed shapes, bias field)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_common(p, device=False)
 
 
 def run(args: argparse.Namespace) -> int:

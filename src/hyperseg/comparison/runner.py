@@ -2,7 +2,9 @@
 
 Protocol (paper.md 1.7): every model is trained self-supervised on the
 dataset's training split, then each test volume is embedded (5^3 patches) and
-clustered on its own into as many clusters as its level has classes (2, 4, 6);
+clustered on its own into as many clusters as its level has classes (2, 4, 6),
+by :func:`hyperseg.pipeline.segment_volume` as ``hyperseg segment`` does (a
+nested row re-clusters that embedding with :func:`hyperseg.segment.cluster_levels`);
 Dice is Hungarian-matched per volume (:func:`hyperseg.metrics.mean_dice`).
 A row's Dice is the mean and standard deviation over all (seed, test volume)
 pairs; ``dice_seed_std`` is the spread of the per-seed means. ``seconds`` is the
@@ -22,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -30,6 +32,9 @@ from tqdm.auto import tqdm
 from ..utils import atomic_write_text
 from .rows import Row, find_rows
 from .table import format_table, quoted_rows
+
+if TYPE_CHECKING:
+    from ..data.io import Volume
 
 
 @dataclass(frozen=True)
@@ -112,16 +117,16 @@ def prepare_data(root: Path, profile: Profile, dataset: str, progress: bool) -> 
                            shape=(profile.size,) * 3, variant=dataset, progress=progress)
 
 
-def _load_split(data: Path, split: str) -> tuple[list[str], list[np.ndarray], dict[int, list[np.ndarray]]]:
-    """Case names, images ``(1, D, H, W)`` and ground truth ``{level: [(D, H, W)]}`` of a split."""
+def _load_split(data: Path, split: str) -> tuple[list[str], list[Volume], dict[int, list[np.ndarray]]]:
+    """Case names, volumes ``(1, D, H, W)`` and ground truth ``{level: [(D, H, W)]}`` of a split."""
     from ..data.io import read_labels, read_volume
     from ..evaluate import find_levels_json
 
     names = json.loads((data / "levels.json").read_text())["splits"][split]
-    images = [read_volume(data / split / f"{n}.nii.gz").array for n in names]
+    volumes = [read_volume(data / split / f"{n}.nii.gz") for n in names]
     truth = {lvl: [read_labels(data / split / "labels" / f"{n}_level{lvl}.nii.gz") for n in names]
              for lvl in find_levels_json(data)}
-    return names, images, truth
+    return names, volumes, truth
 
 
 def _summary(scores: dict[int, list[list[float]]]) -> tuple[dict, dict, dict]:
@@ -144,7 +149,8 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
 
     torch.set_num_threads(profile.threads)
     started = time.time()
-    _, images, truth = _load_split(data, "test")
+    _, volumes, truth = _load_split(data, "test")
+    images = [v.array for v in volumes]
     levels = find_levels_json(data)  # {level: number of classes}, from the data's levels.json
     ks = list(levels.values())
     sigma = profile.highpass.get(dataset, 0.0)
@@ -164,10 +170,12 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
                  "seconds": round(time.time() - started, 1), "peak_mb": round(peak_mb(), 1)}]
 
     from ..config import Config
-    from ..segment import cluster_levels, segment_array
+    from ..pipeline import segment_volume
+    from ..segment import cluster_levels
     from ..train import train
 
-    _, train_images, _ = _load_split(data, "train")
+    _, train_volumes, _ = _load_split(data, "train")
+    train_images = [v.array for v in train_volumes]
     variants = ["independent", *row.nested]
     shared = {**profile.config, **profile.dataset_config.get(dataset, {})}
     # the row's own objective decides whether the triplet settings apply; its overrides win
@@ -181,9 +189,9 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
         run_dir = work / f"{dataset}_{row.method.replace(' ', '_').replace('+', 'and')}_seed{seed}"
         model = train(cfg, train_images, run_dir, steps=profile.steps, progress=False)
         per = {v: {lvl: [] for lvl in levels} for v in variants}
-        for i, img in enumerate(images):
+        for i, volume in enumerate(volumes):
             t = time.time()
-            seg = segment_array(model, img, ks, seed=seed)
+            seg = segment_volume(model, volume, ks, seed=seed)
             cluster_seconds["independent"] += time.time() - t
             for lvl, k in levels.items():
                 per["independent"][lvl].append(mean_dice(seg.labels[k], truth[lvl][i]))
