@@ -238,3 +238,150 @@ def test_invalid_data_is_refused_with_a_hint():
         km.predict(np.zeros((3, 3)))
     with pytest.raises(ValueError, match="n_clusters"):
         EuclideanKMeans(n_clusters=-1)
+
+
+# -- one dispatch, one set of conventions ----------------------------------------------
+
+from hyperseg.cluster import (  # noqa: E402
+    EuclideanKMedians,
+    EuclideanMixture,
+    HyperbolicKMedians,
+    HyperbolicMixture,
+    NestedClustering,
+    make_clusterer,
+)
+from hyperseg.cluster._validation import CURVATURE, Integer, OneOf, Real, check_params, subsample  # noqa: E402
+from hyperseg.config import CLUSTERINGS, LATENTS  # noqa: E402
+
+EXPECTED_CLASS = {
+    ("kmeans", "hyperbolic"): HyperbolicKMeans, ("kmeans", "euclidean"): EuclideanKMeans,
+    ("kmedians", "hyperbolic"): HyperbolicKMedians, ("kmedians", "euclidean"): EuclideanKMedians,
+    ("mixture", "hyperbolic"): HyperbolicMixture, ("mixture", "euclidean"): EuclideanMixture,
+}
+ESTIMATOR_CLASSES = sorted(set(EXPECTED_CLASS.values()), key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("method", CLUSTERINGS)
+@pytest.mark.parametrize("latent", LATENTS)
+def test_make_clusterer_gives_the_method_and_latent_estimator_with_the_parameters(method, latent):
+    est = make_clusterer(method, latent, 3, c=2.5, n_init=2, seed=5, sample_size=700)
+    assert type(est) is EXPECTED_CLASS[method, latent]
+    params = est.get_params()
+    assert (params["n_clusters"], params["n_init"], params["seed"], params["sample_size"]) == (3, 2, 5, 700)
+    if latent == "hyperbolic":
+        assert params["c"] == 2.5
+    else:
+        assert "c" not in params  # R^d has no curvature
+    untouched = set(params) - {"n_clusters", "n_init", "seed", "sample_size", "c"}
+    defaults = type(est)().get_params()
+    assert {k: params[k] for k in untouched} == {k: defaults[k] for k in untouched}
+
+
+def test_make_clusterer_refuses_unknown_methods_latents_and_parameters():
+    with pytest.raises(ValueError, match="make_clusterer: method must be one of kmeans, mixture, kmedians, got 'kmedoids'"):
+        make_clusterer("kmedoids", "hyperbolic", 2)
+    with pytest.raises(ValueError, match="latent must be one of hyperbolic, euclidean, got 'spherical'"):
+        make_clusterer("kmeans", "spherical", 2)
+    with pytest.raises(ValueError, match="EuclideanKMeans takes no parameter frechet_iters"):
+        make_clusterer("kmeans", "euclidean", 2, frechet_iters=2)
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES + [NestedClustering], ids=lambda cls: cls.__name__)
+def test_get_params_and_repr_give_the_constructor_arguments_as_passed(cls):
+    import inspect
+
+    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    first = {"levels": [4, 2]} if cls is NestedClustering else {"n_clusters": 3}
+    est = cls(**first, seed=4)
+    params = est.get_params()
+    assert list(params) == names and set(cls._RULES) == set(names)  # every argument is checked
+    assert params["seed"] == 4 and params[next(iter(first))] == next(iter(first.values()))  # stored as given
+    assert repr(est) == f"{cls.__name__}(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_estimator_fits_predicts_and_refuses_predict_before_fit(cls):
+    X, y = ball_blobs(60, [2.0, 2.0, 2.0], sigma=0.3, seed=11)
+    est = cls(n_clusters=3, seed=0)
+    with pytest.raises(NotFittedError, match=f"{cls.__name__}: this estimator is not fitted yet"):
+        est.predict(X)
+    assert est.fit(X) is est
+    assert same_partition(est.labels_, y) and est.cluster_centers_.shape == (3, 2)
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    np.testing.assert_array_equal(cls(n_clusters=3, seed=0).fit_predict(X), est.labels_)
+
+
+def test_nested_clustering_fit_predict_and_labels_of_new_points():
+    X, y = ball_blobs(80, [2.0, 2.0, 2.0, 2.0], sigma=0.2, seed=12)
+    for method in ("divisive", "agglomerative"):
+        nc = NestedClustering([2, 4], method=method, n_init=2, seed=0)
+        with pytest.raises(NotFittedError):
+            nc.predict(X)
+        assert nc.fit(X) is nc and nc.levels_ == [2, 4]
+        again = nc.predict(X)
+        assert all(np.array_equal(again[k], nc.labels_[k]) for k in (2, 4))
+        assert same_partition(nc.labels_[4], y)
+        new = nc.predict(X[::7] * 0.99)  # points it was not fitted on still nest
+        assert all(len(np.unique(new[2][new[4] == f])) == 1 for f in np.unique(new[4]))
+
+
+def test_subsample_is_one_randperm_prefix_or_none():
+    g = torch.Generator().manual_seed(3)
+    assert subsample(10, None, g) is None and subsample(10, 10, g) is None
+    idx = subsample(10, 4, torch.Generator().manual_seed(3))
+    assert idx.tolist() == torch.randperm(10, generator=torch.Generator().manual_seed(3))[:4].tolist()
+
+
+@pytest.mark.parametrize("cls", [HyperbolicMixture, EuclideanMixture, NestedClustering], ids=lambda c: c.__name__)
+def test_mixture_and_nested_fit_on_the_subsample_of_the_shared_helper(cls):
+    X, _ = ball_blobs(100, [2.0, 2.5, 3.0], sigma=0.5, seed=13)
+    first = {"levels": [2, 3], "n_init": 1} if cls is NestedClustering else {"n_clusters": 3}
+    idx = subsample(len(X), 90, torch.Generator().manual_seed(6)).numpy()
+    part = cls(**first, sample_size=90, seed=6).fit(X)
+    whole = cls(**first, sample_size=None, seed=6).fit(X[idx])
+    if cls is NestedClustering:
+        theirs = whole.predict(X)
+        assert all(np.array_equal(part.labels_[k], theirs[k]) for k in (2, 3))
+    else:
+        np.testing.assert_array_equal(part.cluster_centers_, whole.cluster_centers_)
+
+
+# -- the one parameter check ---------------------------------------------------------------
+
+@pytest.mark.parametrize("rule, value, message", [
+    (Integer(1), 0, "Owner: n must be an integer >= 1, got 0; pass n as an integer >= 1"),
+    (Integer(1), True, "Owner: n must be an integer >= 1, got True"),  # a bool is not a count
+    (Integer(1), 2.0, "Owner: n must be an integer >= 1, got 2.0"),
+    (Integer(1, optional=True), 0, "Owner: n must be an integer >= 1 or None, got 0"),
+    (Real(0.0), -1e-9, "Owner: n must be a finite number >= 0, got -1e-09"),
+    (Real(0.0), math.nan, "Owner: n must be a finite number >= 0, got nan"),
+    (Real(0.0, below=1.0), 1.0, "Owner: n must be a finite number >= 0 and < 1, got 1.0"),
+    (CURVATURE, 0.0, "Owner: curvature magnitude c must be a finite number > 0, got 0.0; pass n as"),
+    (CURVATURE, math.inf, "Owner: curvature magnitude c must be a finite number > 0, got inf"),
+    (OneOf(("a", "b")), "c", "Owner: n must be one of 'a', 'b', got 'c'; pass n as one of 'a', 'b'"),
+])
+def test_check_params_says_what_is_wrong_and_what_to_pass(rule, value, message):
+    with pytest.raises(ValueError) as err:
+        check_params("Owner", {"n": value}, {"n": rule})
+    assert str(err.value).startswith(message)
+
+
+def test_check_params_accepts_valid_values_and_checks_pairs_and_missing_rules():
+    rules = {"n": Integer(1), "size": Integer(1, optional=True), "c": CURVATURE, "how": OneOf(("a", "b"))}
+    check_params("Owner", {"n": 3, "size": None, "c": 2, "how": "a"}, rules, at_least=(("size", "n"),))
+    check_params("Owner", {"n": np.int64(3), "size": 3, "c": 0.5, "how": "b"}, rules, at_least=(("size", "n"),))
+    with pytest.raises(ValueError, match=r"^Owner: size=2 must be >= n=3; raise size, or pass size=None"):
+        check_params("Owner", {"n": 3, "size": 2, "c": 1.0, "how": "a"}, rules, at_least=(("size", "n"),))
+    with pytest.raises(ValueError, match=r"^Owner: parameter 'extra' has no validation rule"):
+        check_params("Owner", {"extra": 1}, rules)
+
+
+@pytest.mark.parametrize("cls", ESTIMATOR_CLASSES + [NestedClustering], ids=lambda cls: cls.__name__)
+def test_every_estimator_checks_its_parameters_with_its_name_in_the_message(cls):
+    first = {"levels": [2]} if cls is NestedClustering else {"n_clusters": 2}
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: seed must be an integer >= 0, got -1"):
+        cls(**first, seed=-1)
+    est = cls(**first)
+    est.n_init = 0  # changed after construction: fit checks again
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: n_init must be an integer >= 1, got 0"):
+        est.fit(np.zeros((4, 2)))

@@ -6,6 +6,8 @@ from hyperseg.config import Config
 from hyperseg.cluster import NestedClustering
 from hyperseg.segment import cluster_levels
 
+from test_kmedians import a_and_b_together, two_regions_and_a_small_group
+
 
 def _tree_blobs(n_per: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points in the 2-D ball: 2 far-apart groups, each of 2 sub-blobs (4 leaves)."""
@@ -45,12 +47,21 @@ def test_levels_nest_for_every_point_even_beyond_the_sample(method):
     assert _nested(out[2], out[3]) and _nested(out[3], out[5]) and _nested(out[5], out[7])
 
 
-def test_divisive_coarsest_level_is_plain_kmeans():
-    X, top, _ = _tree_blobs(seed=2)
-    cfg = Config(levels=[2, 4], kmeans_n_init=2)
-    indep = cluster_levels(X, [2], cfg)[2]
-    nested = cluster_levels(X, [2, 4], cfg.replace(hierarchy="divisive"))[2]
-    assert _same_partition(indep, nested) and _same_partition(nested, top)
+@pytest.mark.parametrize("latent", ["hyperbolic", "euclidean"])
+def test_divisive_coarsest_level_is_plain_kmeans_not_kmedians(latent):
+    """On data where 2-means and 2-medians disagree, the divisive level 2 is the independent 2-means."""
+    X, y = two_regions_and_a_small_group(latent)
+    cfg = Config(latent=latent, decoder_input="linear" if latent == "euclidean" else "gyroplane", kmeans_n_init=8)
+    means = cluster_levels(X, [2], cfg.replace(level_clustering={}))[2]
+    medians = cluster_levels(X, [2], cfg)[2]  # the default level_clustering: k-medians at 2 clusters
+    assert a_and_b_together(means, y) and not a_and_b_together(medians, y)
+    for hierarchy in ("divisive", "agglomerative"):
+        nested = cluster_levels(X, [2, 4], cfg.replace(hierarchy=hierarchy))
+        assert _nested(nested[2], nested[4])
+        if hierarchy == "divisive":
+            assert _same_partition(nested[2], means)  # the same k-means (nested labels are not ordered by norm)
+        else:
+            assert a_and_b_together(nested[2], y)  # merged from k-means at 4: not the k-medians partition either
 
 
 def test_bad_parameters_are_refused():

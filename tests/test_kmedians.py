@@ -7,7 +7,7 @@ import torch
 
 from hyperseg.cluster import EuclideanKMedians, HyperbolicKMeans, HyperbolicKMedians, geometric_median
 from hyperseg.config import Config
-from hyperseg.geometry.poincare import expmap, pairwise_dist
+from hyperseg.geometry.poincare import expmap, expmap0, pairwise_dist
 from hyperseg.segment import cluster_points
 
 from test_cluster import ball_blobs, py_dist, py_mobius_add, same_partition
@@ -104,25 +104,36 @@ def test_inertia_is_the_sum_of_unsquared_distances_and_predict_agrees():
     np.testing.assert_array_equal(km.predict(X), km.labels_)
 
 
-def test_two_large_regions_beat_a_small_distant_group_where_2_means_does_not():
-    """The level-1 failure in miniature (kmedians.py docstring).
+def two_regions_and_a_small_group(latent: str = "hyperbolic") -> tuple[np.ndarray, np.ndarray]:
+    """Two large, adjacent groups A and B (1000 points each, 0.6 apart in the tangent plane) and a small group C
+    (60 points) 3 away; ball points (``expmap0`` of the tangent points) or, for ``"euclidean"``, the tangent points.
 
-    Two large, adjacent groups A and B (1000 points each, 1.2 apart) and a small
-    group C (60 points) 6 away: 2-means prefers {A+B, C} (its objective is lower),
-    2-medians prefers {A, B+C}, which keeps the two large regions apart.
+    2-means prefers {A+B, C} (its objective is lower), 2-medians {A, B+C}, in both geometries. Labels 0, 1, 2.
     """
     g = torch.Generator().manual_seed(0)
-    def blob(n, centre, s):
-        return (torch.tensor(centre, dtype=torch.float64) + s * torch.randn(n, 2, generator=g, dtype=torch.float64))
-    from hyperseg.geometry.poincare import expmap0
-    tang = torch.cat([blob(1000, [-0.3, 0.0], 0.08), blob(1000, [0.3, 0.0], 0.08), blob(60, [0.0, 3.0], 0.08)])
-    X = expmap0(tang).numpy()
-    y = np.repeat([0, 1, 2], [1000, 1000, 60])
-    means = HyperbolicKMeans(n_clusters=2, n_init=8, seed=0).fit(X).labels_
-    medians = HyperbolicKMedians(n_clusters=2, n_init=8, seed=0).fit(X).labels_
-    assert means[y == 0][0] == means[y == 1][0]  # A and B together
-    assert medians[y == 0][0] != medians[y == 1][0]  # A and B apart
-    assert (medians[y == 0] == medians[y == 0][0]).all() and (medians[y == 1] == medians[y == 1][0]).all()
+
+    def blob(n, centre):
+        return torch.tensor(centre, dtype=torch.float64) + 0.08 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+
+    tang = torch.cat([blob(1000, [-0.3, 0.0]), blob(1000, [0.3, 0.0]), blob(60, [0.0, 3.0])])
+    X = expmap0(tang).numpy() if latent == "hyperbolic" else tang.numpy()
+    return X, np.repeat([0, 1, 2], [1000, 1000, 60])
+
+
+def a_and_b_together(labels: np.ndarray, y: np.ndarray) -> bool:
+    """Whether A and B share a cluster; each must stay whole (C, above their midpoint, may go either way)."""
+    a, b = labels[y == 0], labels[y == 1]
+    assert (a == a[0]).all() and (b == b[0]).all(), "A and B must each stay whole"
+    if a[0] == b[0]:
+        assert (labels[y == 2] != a[0]).all(), "with A and B together, C is the other cluster"
+    return bool(a[0] == b[0])
+
+
+def test_two_large_regions_beat_a_small_distant_group_where_2_means_does_not():
+    """The level-1 failure in miniature (kmedians.py docstring)."""
+    X, y = two_regions_and_a_small_group()
+    assert a_and_b_together(HyperbolicKMeans(n_clusters=2, n_init=8, seed=0).fit(X).labels_, y)
+    assert not a_and_b_together(HyperbolicKMedians(n_clusters=2, n_init=8, seed=0).fit(X).labels_, y)
 
 
 def test_euclidean_kmedians_matches_the_flat_weiszfeld_median():
@@ -166,11 +177,20 @@ def test_get_params_lists_the_constructor_arguments():
 # -- segmentation ------------------------------------------------------------------
 
 @pytest.mark.parametrize("latent", ["hyperbolic", "euclidean"])
-def test_config_clustering_kmedians_is_used_by_cluster_points(latent):
-    X, y = ball_blobs(100, [2.0, 2.0, 2.0], sigma=0.3, seed=3)
-    cfg = Config(clustering="kmedians", latent=latent, decoder_input="linear" if latent == "euclidean" else "gyroplane")
-    labels = cluster_points(X, 3, cfg, seed=0)
-    assert same_partition(labels, y)
+def test_cluster_points_runs_the_method_the_config_names(latent):
+    """On data where 2-means and 2-medians disagree, each setting gives its own method's partition."""
+    X, y = two_regions_and_a_small_group(latent)
+    base = Config(latent=latent, decoder_input="linear" if latent == "euclidean" else "gyroplane", kmeans_n_init=8)
+    means = cluster_points(X, 2, base.replace(clustering="kmeans", level_clustering={}))
+    medians = cluster_points(X, 2, base.replace(clustering="kmedians", level_clustering={}))
+    assert a_and_b_together(means, y) and not a_and_b_together(medians, y)
+    # the default level_clustering {2: "kmedians"} overrides clustering "kmeans" at two clusters
+    assert not a_and_b_together(cluster_points(X, 2, base), y)
+    assert a_and_b_together(cluster_points(X, 2, base.replace(level_clustering={2: "kmeans"}, clustering="kmedians")), y)
+    # and the estimator is the latent's own: the Euclidean k-medians partition of ball points would be another one
+    ref = (HyperbolicKMedians(n_clusters=2, n_init=8, seed=0, sample_size=base.kmeans_sample) if latent == "hyperbolic"
+           else EuclideanKMedians(n_clusters=2, n_init=8, seed=0, sample_size=base.kmeans_sample))
+    assert same_partition(medians, ref.fit(X).labels_)
 
 
 def test_config_refuses_an_unknown_clustering_with_the_choices():

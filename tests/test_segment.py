@@ -1,5 +1,6 @@
 """From a volume to label maps: shapes, dtypes, and an easy case done right."""
 import numpy as np
+import pytest
 import torch
 
 from hyperseg.config import Config
@@ -117,5 +118,15 @@ def test_level_clustering_is_validated():
         Config(level_clustering={2: "kmedoids"})
     with pytest.raises(ValueError, match="level_clustering must map"):
         Config(level_clustering={0: "kmedians"})
-    # nested levels are one k-means tree: the per-level methods (by default k-medians at k = 2) are not used
+    # nested levels are one k-means tree: the untouched default (k-medians at k = 2) is allowed, not applied
     assert Config(hierarchy="divisive").level_clustering == {2: "kmedians"}
+
+
+@pytest.mark.parametrize("hierarchy", ["divisive", "agglomerative"])
+def test_nested_levels_refuse_a_clustering_they_would_not_apply(hierarchy):
+    for setting in ({"level_clustering": {4: "mixture"}}, {"level_clustering": {2: "kmedians", 4: "kmeans"}},
+                    {"clustering": "kmedians", "level_clustering": {}}, {"clustering": "mixture"}):
+        with pytest.raises(ValueError, match=f"hierarchy '{hierarchy}' cuts every level from one k-means tree"):
+            Config(hierarchy=hierarchy, **setting)
+    for setting in ({}, {"level_clustering": {}}, {"level_clustering": {2: "kmeans"}}):
+        Config(hierarchy=hierarchy, **setting)  # k-means at every level, as nested levels are
