@@ -461,7 +461,7 @@ def _ome_spacing(xml: str) -> tuple[tuple[float, float, float], str] | None:
             if len(set(units)) > 1:
                 if not all(units):
                     return sizes, ""
-                sizes = tuple(_in_unit((s, s, s), u, unit)[0] for s, u in zip(sizes, units))
+                sizes = tuple(s * METRES_PER_UNIT[u] / METRES_PER_UNIT[unit] for s, u in zip(sizes, units))
             return sizes, unit  # type: ignore[return-value]
     return None
 
