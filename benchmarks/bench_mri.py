@@ -1,0 +1,310 @@
+"""Real-MRI benchmark: Colin27 degraded as a scanner would, every peer and hyperseg's default.
+
+Data: Colin27 from the Debian package ``mricron-data`` (``apt-get install
+mricron-data``: ``/usr/share/mricron/templates/``, the default ``--data``), or
+any folder holding ``ch2.nii.gz``, ``ch2bet.nii.gz`` and ``aal.nii.gz``.
+
+Degradation of the 1 mm image ``--image`` (``ch2bet``, skull-stripped, by
+default; ``ch2`` keeps skull and scalp), one setting per (grid, noise, bias):
+
+1. bias: ``x * b`` with ``b = 1 + s * (p - (max p + min p) / 2) / (max p - min p)``,
+   ``p`` a cubic polynomial in the normalised coordinates with seeded normal
+   coefficients (the same field shape for every strength), max / min taken
+   over the brain, so ``b`` spans ``s`` peak to peak over the brain;
+2. grid: 1 mm as is, or 2 mm by block averaging ``2 x 2 x 2`` voxels (the
+   grid cropped to even sizes), what a larger voxel integrates;
+3. Rician noise on that grid: ``|x + n_1 + i n_2|`` with ``n ~ N(0, sigma)``,
+   ``sigma = noise * WM``, ``WM`` the brightest of three 1D k-means centres of
+   the clean brain's intensities on that grid.
+
+Truth: brain / background (``ch2bet > 0``, level 2) and background / grey matter
+(``aal > 0`` in the brain) / rest of the brain (level 3); on the 2 mm grid the
+most frequent label of each block. Score: Hungarian-matched mean Dice
+(:func:`hyperseg.metrics.dice_iou`) over the whole grid.
+
+Rows: every peer of :mod:`hyperseg.comparison.peers`, and ``hyperseg default``:
+:func:`hyperseg.train.train` with ``Config()`` and no step limit for
+``--minutes`` (what ``hyperseg train -i VOL -o RUN --minutes M`` runs), then
+:func:`hyperseg.pipeline.segment_volume` at levels 2 and 3. Each row runs in a
+fresh process (``spawn``) that loads the degraded volume; ``seconds`` is the
+wall time of the row's calls (training included), ``peak_rss_mb`` that
+process's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (the Python
+interpreter and imports included, about 0.2-0.4 GB).
+
+Results: ``--out`` (default ``benchmarks/results/mri_colin27.json``),
+resumable: a (setting, row) already in the file is skipped. Run nice'd with
+``OMP_NUM_THREADS=1`` (set here for the children if unset)::
+
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_mri.py --data /path/colin27 --grid 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEBIAN = Path("/usr/share/mricron/templates")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "mri_colin27.json"
+HYPERSEG = "hyperseg default"
+LEVELS = (2, 3)
+BIAS_SEED = 27
+BIAS_DEGREE = 3
+
+
+def _read(path: Path) -> np.ndarray:
+    import nibabel as nib
+
+    return np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)
+
+
+def load_colin(data: Path, image: str) -> tuple[np.ndarray, np.ndarray]:
+    """The 1 mm image ``(D, H, W)`` and the 3-class truth (0 background, 1 grey matter, 2 rest of brain)."""
+    files = {n: data / f"{n}.nii.gz" for n in (image, "ch2bet", "aal")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise SystemExit(f"bench_mri.py: missing {missing}; install Colin27 with `apt-get install mricron-data` "
+                         f"(files under {DEBIAN}) or give --data FOLDER holding ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz")
+    x = _read(files[image])
+    brain = _read(files["ch2bet"]) > 0
+    gm = (_read(files["aal"]) > 0) & brain
+    truth = np.where(brain, np.where(gm, 1, 2), 0).astype(np.int64)
+    return x, truth
+
+
+def bias_field(shape: tuple[int, int, int], brain: np.ndarray, strength: float, seed: int = BIAS_SEED
+               ) -> np.ndarray:
+    """Multiplicative field ``(D, H, W)`` spanning ``strength`` peak to peak over ``brain`` (module docstring)."""
+    if strength == 0:
+        return np.ones(shape)
+    rng = np.random.default_rng(seed)
+    axes = [np.linspace(-1, 1, s) for s in shape]
+    d, h, w = np.meshgrid(*axes, indexing="ij", sparse=True)
+    p = np.zeros(shape)
+    for i in range(BIAS_DEGREE + 1):
+        for j in range(BIAS_DEGREE + 1 - i):
+            for k in range(BIAS_DEGREE + 1 - i - j):
+                if i + j + k:
+                    p = p + rng.normal() * d ** i * h ** j * w ** k
+    lo, hi = p[brain].min(), p[brain].max()
+    return 1 + strength * (p - (hi + lo) / 2) / (hi - lo)
+
+
+def block_mean(x: np.ndarray, f: int = 2) -> np.ndarray:
+    s = [n - n % f for n in x.shape]
+    x = x[: s[0], : s[1], : s[2]]
+    return x.reshape(s[0] // f, f, s[1] // f, f, s[2] // f, f).mean((1, 3, 5))
+
+
+def block_mode(t: np.ndarray, n_labels: int, f: int = 2) -> np.ndarray:
+    """Most frequent label of each ``f^3`` block (ties to the lower label)."""
+    counts = np.stack([block_mean((t == c).astype(np.float64), f) for c in range(n_labels)])
+    return counts.argmax(0).astype(np.int64)
+
+
+def degrade(x: np.ndarray, truth: np.ndarray, grid: int, noise: float, bias: float, seed: int
+            ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(image, truth, info)`` on the ``grid`` mm grid; ``noise`` and ``bias`` as fractions."""
+    from hyperseg.potts import kmeans_1d
+
+    brain = truth > 0
+    y = x * bias_field(x.shape, brain, bias)
+    if grid == 2:
+        y, t, clean = block_mean(y), block_mode(truth, 3), block_mean(x)
+    elif grid == 1:
+        t, clean = truth, x
+    else:
+        raise SystemExit(f"bench_mri.py: --grid {grid} is not supported; use 1 or 2")
+    wm = float(kmeans_1d(clean[t > 0], 3)[-1])
+    sigma = noise * wm
+    rng = np.random.default_rng(seed)
+    y = np.abs(y + rng.normal(0, sigma, y.shape) + 1j * rng.normal(0, sigma, y.shape)) if sigma > 0 else y
+    return y.astype(np.float32), t, {"wm_intensity": wm, "noise_sigma": sigma}
+
+
+def score(labels: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
+    from hyperseg.metrics import dice_iou
+
+    return {"2": float(dice_iou(labels[2], (truth > 0).astype(np.int64))["mean_dice"]),
+            "3": float(dice_iou(labels[3], truth)["mean_dice"])}
+
+
+# ----------------------------------------------------------------------------------------------------------
+def _child(row: str, volume_file: str, spacing: tuple, minutes: float, seed: int, queue) -> None:
+    """Run one row in this fresh process; put ``(labels, seconds, extra, peak_rss_mb)`` or an error on ``queue``."""
+    import resource
+
+    try:
+        x = np.load(volume_file)
+        extra: dict = {}
+        t0 = time.perf_counter()
+        if row == HYPERSEG:
+            from hyperseg.config import Config
+            from hyperseg.data.io import Volume
+            from hyperseg.pipeline import segment_volume
+            from hyperseg.train import UNLIMITED_STEPS, train
+
+            with tempfile.TemporaryDirectory(prefix="bench-mri-") as run:
+                model = train(Config().replace(in_channels=1), [x[None]], run, steps=UNLIMITED_STEPS,
+                              minutes=minutes, progress=False, device="cpu")
+                extra["train_seconds"] = time.perf_counter() - t0
+                run_json = Path(run) / "run.json"
+                extra["steps"] = json.loads(run_json.read_text()).get("steps_done") if run_json.exists() else None
+            model.eval()
+            seg = segment_volume(model, Volume(array=x[None], spacing=spacing), list(LEVELS), seed=seed)
+            labels = {k: np.asarray(v, dtype=np.int64) for k, v in seg.labels.items()}
+        else:
+            from hyperseg.comparison.peers import PEERS
+
+            labels = {k: PEERS[row](x, k, spacing, seed=seed) for k in LEVELS}
+        seconds = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        queue.put(("ok", labels, seconds, extra, peak))
+    except BaseException as err:  # report any failure to the parent, which records it
+        queue.put(("error", f"{type(err).__name__}: {err}", 0.0, {}, 0.0))
+
+
+def run_row(row: str, volume_file: str, spacing: tuple, minutes: float, seed: int):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(row, volume_file, spacing, minutes, seed, q))
+    p.start()
+    out = q.get()
+    p.join()
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| setting | row | Dice L2 (brain) | Dice L3 (GM) | seconds | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    for key, setting in results["settings"].items():
+        for row, r in setting["rows"].items():
+            if "error" in r:
+                lines.append(f"| {key} | {row} | error: {r['error'][:60]} | | | |")
+                continue
+            lines.append(f"| {key} | {row} | {r['dice']['2']:.3f} | {r['dice']['3']:.3f} | "
+                         f"{r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def summary(results: dict) -> str:
+    """Mean Dice per row over the settings of each grid."""
+    acc: dict = {}
+    for setting in results["settings"].values():
+        for row, r in setting["rows"].items():
+            if "dice" in r:
+                acc.setdefault((setting["grid_mm"], row), []).append((r["dice"]["2"], r["dice"]["3"], r["seconds"]))
+    lines = ["| grid | row | settings | mean Dice L2 | mean Dice L3 | mean seconds |", "|---|---|---|---|---|---|"]
+    for (grid, row), v in sorted(acc.items(), key=lambda kv: (kv[0][0], -np.mean([a[1] for a in kv[1]]))):
+        a = np.array(v)
+        lines.append(f"| {grid} mm | {row} | {len(v)} | {a[:, 0].mean():.3f} | {a[:, 1].mean():.3f} | "
+                     f"{a[:, 2].mean():.1f} |")
+    return "\n".join(lines)
+
+
+PROTOCOL = {
+    "data": "Colin27 (mricron-data)",
+    "levels": {"2": "brain / background (ch2bet > 0)", "3": "background / grey matter (aal > 0) / rest of brain"},
+    "degradation": "bias x (1 + s * cubic polynomial, s peak to peak over the brain, seed 27), 2 mm by 2x2x2 "
+                   "block averaging, then Rician noise sigma = noise * WM intensity on that grid",
+    "score": "Hungarian-matched mean Dice over the whole grid (hyperseg.metrics.dice_iou)",
+    "memory": "peak RSS of a fresh spawned process running the row (resource.getrusage ru_maxrss)",
+    "threads": "OMP_NUM_THREADS=1, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1",
+}
+
+
+def update(out: Path, new: tuple | None) -> dict:
+    """Merge one result ``(setting key, setting info, row, entry)`` into ``out`` and return the file's content.
+
+    The file is re-read under an exclusive lock (``{tmp}/{out.name}.lock``) and replaced
+    atomically, so several runs on this machine of this script (e.g. peers and hyperseg) can
+    share one results file.
+    """
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(tempfile.gettempdir()) / f"{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results.setdefault("protocol", PROTOCOL)
+        results.setdefault("settings", {})
+        if new is not None:
+            key, info, row, entry = new
+            setting = results["settings"].setdefault(key, {**info, "rows": {}})
+            setting["rows"][row] = entry
+            tmp = out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(results, indent=1))
+            tmp.replace(out)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hyperseg.comparison.peers import PEERS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEBIAN,
+                    help=f"folder with ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz (default {DEBIAN}, from mricron-data)")
+    ap.add_argument("--image", choices=["ch2bet", "ch2"], default="ch2bet", help="image to degrade")
+    ap.add_argument("--grid", type=int, nargs="+", default=[2, 1], help="grids in mm (2 = block average)")
+    ap.add_argument("--noise", type=float, nargs="+", default=[3, 6, 9], help="Rician sigma, %% of WM intensity")
+    ap.add_argument("--bias", type=float, nargs="+", default=[0, 20, 40], help="bias field, %% peak to peak")
+    ap.add_argument("--rows", nargs="+", default=None, help=f"rows to run (default all): {list(PEERS)} and "
+                    f"'{HYPERSEG}'")
+    ap.add_argument("--hyperseg-grid", type=int, nargs="*", default=[2],
+                    help="grids at which the hyperseg row runs (default 2)")
+    ap.add_argument("--minutes", type=float, default=3.0, help="hyperseg training budget per setting")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    rows = args.rows or [*PEERS, HYPERSEG]
+    unknown = [r for r in rows if r not in PEERS and r != HYPERSEG]
+    if unknown:
+        raise SystemExit(f"bench_mri.py: unknown rows {unknown}; choose from {list(PEERS) + [HYPERSEG]}")
+
+    x, truth = load_colin(args.data, args.image)
+    results = update(args.out, None)
+    with tempfile.TemporaryDirectory(prefix="bench-mri-") as tmp:
+        for grid in args.grid:
+            for noise in args.noise:
+                for bias in args.bias:
+                    key = f"{args.image} {grid}mm noise {noise:g}% bias {bias:g}%"
+                    results = update(args.out, None)  # another run may have added rows
+                    todo = [r for r in rows if (r != HYPERSEG or grid in args.hyperseg_grid)
+                            and r not in results["settings"].get(key, {}).get("rows", {})]
+                    if not todo:
+                        continue
+                    img, t, info = degrade(x, truth, grid, noise / 100, bias / 100, seed=args.seed)
+                    setting = {"image": args.image, "grid_mm": grid, "noise_pct": noise, "bias_pct": bias,
+                               "shape": list(img.shape), **info}
+                    vol = str(Path(tmp) / "volume.npy")
+                    np.save(vol, img)
+                    for row in todo:
+                        status, labels, seconds, extra, peak = run_row(row, vol, (float(grid),) * 3,
+                                                                       args.minutes, args.seed)
+                        if status == "ok":
+                            entry = {"dice": score(labels, t), "seconds": seconds, "peak_rss_mb": peak, **extra}
+                            if row == HYPERSEG:
+                                entry["train_minutes"] = args.minutes
+                        else:
+                            entry = {"error": labels}
+                        results = update(args.out, (key, setting, row, entry))
+                        print(f"{key} | {row} | {entry.get('dice', entry.get('error'))} | "
+                              f"{seconds:.1f} s", flush=True)
+    print(markdown(results))
+    print()
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
