@@ -1,6 +1,7 @@
 """The scikit-learn style API: numpy in, numpy out, on tiny volumes."""
 import numpy as np
 import pytest
+import torch
 
 import hyperseg
 from hyperseg.api import HyperbolicSegmenter, NotFittedError
@@ -53,8 +54,11 @@ def test_anisotropic_spacing_returns_outputs_on_the_input_grid(fitted):
 def test_save_load_gives_the_same_labels(fitted, tmp_path):
     vol = two_phase(seed=4)
     fitted.save(tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.yaml", "model.safetensors"]
     again = HyperbolicSegmenter.load(tmp_path / "run")
-    assert again.config_.in_channels == 1
+    assert again.config_ == fitted.config_
+    saved = again.model_.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in fitted.model_.state_dict().items())
     for k in (2, 4):
         assert np.array_equal(again.predict(vol, levels=(k,))[k], fitted.predict(vol, levels=(k,))[k])
 
@@ -62,7 +66,7 @@ def test_save_load_gives_the_same_labels(fitted, tmp_path):
 def test_multichannel_fit_and_bad_inputs(tmp_path):
     a = np.stack([two_phase(seed=5), two_phase(seed=6) ** 2])
     seg = HyperbolicSegmenter(TINY, steps=1).fit(a, run_dir=tmp_path / "run")
-    assert seg.model_.cfg.in_channels == 2 and (tmp_path / "run" / "model.pt").is_file()
+    assert seg.model_.cfg.in_channels == 2 and (tmp_path / "run" / "model.safetensors").is_file()
     assert seg.predict(a, levels=(2,))[2].shape == a.shape[1:]
     with pytest.raises(VolumeError, match="has 1 channels but the model was trained on 2"):
         seg.predict(two_phase())

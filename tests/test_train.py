@@ -9,16 +9,15 @@ from conftest import TINY
 from hyperseg import distributed
 from hyperseg.config import Config
 from hyperseg.data.synthetic import generate_volume
-from hyperseg.train import (
-    _flush_log,
+from hyperseg.checkpoint import (
+    CheckpointError,
     config_changes,
     load_model,
-    rank_seed,
     read_checkpoint,
     read_log,
     save_checkpoint,
-    train,
 )
+from hyperseg.train import _flush_log, rank_seed, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,24 +49,66 @@ def test_a_checkpoint_holds_what_resuming_needs(tmp_path):
     cfg = Config(**TINY)
     model = HyperVAE(cfg)
     opt = torch.optim.Adam(model.parameters())
+    model.loss(*(torch.randn(2, 1, 10, 10, 10) for _ in range(3)))[0].backward()
+    opt.step()  # an optimiser state with tensors (exp_avg, exp_avg_sq) and a step
     gen = torch.Generator().manual_seed(1)
-    rng = [{"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "cuda": None}]
-    save_checkpoint(tmp_path, model, opt, 12, gen, rng=rng, extra={"skipped_steps": 3})
+    np.random.seed(5)
+    np.random.standard_normal()  # a cached Gaussian: numpy's state has has_gauss=1 and a float
+    rngs = [{"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "cuda": None}, None, {"generator": torch.Generator().manual_seed(2).get_state()}]
+    save_checkpoint(tmp_path, model, opt, 12, rng=rngs, skipped_steps=3, world_size=3, seconds=1.5)
     state = read_checkpoint(tmp_path)
     assert state["config"] == cfg and state["step"] == 12 and state["skipped_steps"] == 3
-    assert torch.equal(state["rng"][0]["generator"], gen.get_state())
+    assert state["world_size"] == 3 and state["seconds"] == 1.5
+    assert all(torch.equal(state["model"][k], v) for k, v in model.state_dict().items())
+    saved, want = state["optimizer"], opt.state_dict()
+    assert saved["param_groups"] == want["param_groups"] and set(saved["state"]) == set(want["state"])
+    for i, entries in want["state"].items():
+        assert set(saved["state"][i]) == set(entries)
+        assert all(torch.equal(saved["state"][i][k], v) and saved["state"][i][k].dtype == v.dtype
+                   for k, v in entries.items())
+    mine, _, other = state["rng"]
+    assert torch.equal(mine["generator"], gen.get_state()) and torch.equal(mine["torch"], rngs[0]["torch"])
+    name, keys, pos, has_gauss, cached = mine["numpy"]
+    assert (name, pos, has_gauss, cached) == rngs[0]["numpy"][:1] + rngs[0]["numpy"][2:] and has_gauss == 1
+    assert keys.dtype == np.uint32 and np.array_equal(keys, rngs[0]["numpy"][1])
+    assert state["rng"][1] is None and other["torch"] is None and other["numpy"] is None
     assert set(state["versions"]) == {"hyperseg", "torch", "geoopt", "numpy", "python"}
     loaded = load_model(tmp_path)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    # restoring the state continues the same streams
+    np.random.set_state(mine["numpy"])
+    again = np.random.standard_normal(3)
+    np.random.set_state(rngs[0]["numpy"])
+    assert np.array_equal(again, np.random.standard_normal(3))
+
+
+def test_a_checkpoint_is_data_only_files(tmp_path):
+    from safetensors.torch import load_file
+
+    from hyperseg.model import HyperVAE
+
+    model = HyperVAE(Config(**TINY))
+    save_checkpoint(tmp_path, model, torch.optim.Adam(model.parameters()), 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "model.safetensors", "resume.safetensors"]
+    weights = load_file(tmp_path / "model.safetensors")  # weights only: what inference needs
+    assert set(weights) == set(model.state_dict())
 
 
 def test_an_unreadable_checkpoint_is_a_value_error_naming_the_file(tmp_path):
-    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="model.pt: not a usable hyperseg checkpoint"):
+    from hyperseg.model import HyperVAE
+
+    HyperVAE(Config(**TINY)).cfg.save(tmp_path / "config.yaml")
+    (tmp_path / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="model.safetensors: not a usable hyperseg checkpoint"):
         load_model(tmp_path)
+    (tmp_path / "resume.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(CheckpointError, match="resume.safetensors: not a usable hyperseg resume state"):
+        read_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="hyperseg train"):
         read_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="hyperseg train"):
+        load_model(tmp_path / "nowhere")
 
 
 def test_config_changes_name_the_fields_and_ignore_the_step_budget():

@@ -5,7 +5,8 @@
 >>> z = seg.embed(vol_c)                                         # (D, H, W, d) ball points
 >>> seg.save("run"); seg = HyperbolicSegmenter.load("run")
 
-Training goes through :func:`hyperseg.train.train` and segmentation through
+Training goes through :func:`hyperseg.train.train`, loading through
+:func:`hyperseg.checkpoint.load_model` and segmentation through
 :func:`hyperseg.pipeline.segment_volume`, exactly what the command line runs;
 a ``spacing`` (voxel size along ``D, H, W``) makes anisotropic volumes be
 resampled for the model and the outputs come back on the input grid.
@@ -140,19 +141,20 @@ class HyperbolicSegmenter:
         return seg.labels
 
     def save(self, path: str | Path) -> Path:
-        """Write the fitted model into the folder ``path`` (``model.pt`` and ``config.yaml``)."""
-        from .checkpoint import save_checkpoint
+        """Write the fitted model into the folder ``path`` (``config.yaml`` and ``model.safetensors``, data only)."""
+        from .checkpoint import save_model
 
-        model = self._check_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        model.cfg.save(path / "config.yaml")
-        save_checkpoint(path, model, None, step=0)
-        return path
+        return save_model(path, self._check_fitted())
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> HyperbolicSegmenter:
-        """A fitted segmenter from a folder written by :meth:`save` or ``hyperseg train``."""
+        """A fitted segmenter from a folder written by :meth:`save` or ``hyperseg train``.
+
+        Reads ``config.yaml`` and ``model.safetensors`` only (no pickle); a folder
+        holding the pickled ``model.pt`` of older versions raises
+        :class:`~hyperseg.checkpoint.CheckpointError` (a ``ValueError``) that names
+        ``hyperseg convert-checkpoint``.
+        """
         from .checkpoint import load_model
 
         self = cls(device=device)

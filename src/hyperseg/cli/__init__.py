@@ -11,11 +11,11 @@ import argparse
 import sys
 
 from .. import __version__
-from . import bench, demo, evaluate, segment, synth, train
+from . import bench, convert_checkpoint, demo, evaluate, segment, synth, train
 from .common import USER_ERRORS, UserError
 
 SUBCOMMANDS = {"synth": synth, "train": train, "segment": segment, "evaluate": evaluate, "demo": demo,
-               "bench": bench}
+               "bench": bench, "convert-checkpoint": convert_checkpoint}
 
 __all__ = ["main", "build_parser", "UserError", "USER_ERRORS"]
 

@@ -9,14 +9,13 @@ joins the process group before training (see :mod:`hyperseg.train`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .common import UserError, add_common
+from .common import UserError, add_common, add_nan_policy
 
 #: Environment variable through which ``--nproc`` hands the user's command line to its workers.
 COMMAND_ENV = "HYPERSEG_COMMAND"
@@ -26,8 +25,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on a volume or a folder of volumes")
     p.add_argument("-i", "--input", type=Path, help="volume file or folder (.nii, .nii.gz, .tif, .mrc, .npy; "
                    "nnU-Net channel files {case}_0000... are grouped); with --resume, defaults to the run's input")
-    p.add_argument("--nan-policy", choices=["error", "fill"], default="error",
-                   help="NaN/Inf voxels: stop with an error, or fill them with the channel median")
+    add_nan_policy(p)
     p.add_argument("-o", "--output", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN",
                    help="continue the run in RUN from its last checkpoint (appends to its log)")
@@ -57,7 +55,7 @@ def _load_arrays(path: Path, quiet: bool, nan_policy: str = "error") -> list:
 
 def _check_args(args: argparse.Namespace) -> None:
     """Argument checks that need no data (done once, before any worker starts)."""
-    from ..checkpoint import CHECKPOINT
+    from ..checkpoint import CHECKPOINT, LEGACY_CHECKPOINT, RESUME_FILE
 
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
@@ -70,8 +68,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.resume is None:
         if args.input is None or args.output is None:
             raise UserError("train needs -i INPUT and -o RUN (or --resume RUN to continue a run)")
-        if (args.output / CHECKPOINT).exists():
-            raise UserError(f"{args.output} already holds a trained run ({CHECKPOINT}); continue it with "
+        held = [name for name in (CHECKPOINT, RESUME_FILE, LEGACY_CHECKPOINT) if (args.output / name).exists()]
+        if held:
+            raise UserError(f"{args.output} already holds a trained run ({held[0]}); continue it with "
                             f"`hyperseg train --resume {args.output}` or choose another -o")
     elif args.output is not None and args.output.resolve() != args.resume.resolve():
         raise UserError(f"--resume {args.resume} continues that run in place; drop -o {args.output}")
@@ -90,17 +89,17 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
 
 
 def _resume_config(args: argparse.Namespace):
-    """``(run's Config, run's input path or None)``, read by rank 0 and shared with every rank."""
+    """``(run's Config, run's input path or None)``, read by rank 0 and shared with every rank.
+
+    Reads ``config.yaml`` and ``run.json`` (data only); the checkpoint itself is
+    read once, by :func:`hyperseg.train.train`, after its presence is checked here.
+    """
+    from ..checkpoint import read_config, read_run_info, resume_state_path
     from ..distributed import run_on_main
-    from ..checkpoint import RUN_FILE, read_checkpoint
 
     def read():
-        cfg = read_checkpoint(args.resume)["config"]
-        try:
-            recorded = json.loads((args.resume / RUN_FILE).read_text()).get("input")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
-        return cfg, recorded
+        resume_state_path(args.resume)  # fail before reading any volume: no checkpoint, or an old pickle
+        return read_config(args.resume), read_run_info(args.resume).get("input")
 
     return run_on_main(read)
 
@@ -109,12 +108,18 @@ def _resolve(args: argparse.Namespace, n_channels_of):
     """``(cfg, input, steps)`` for a new run or a resumed one; ``n_channels_of(input)`` loads the data."""
     import yaml
 
+    from ..checkpoint import config_changes, error_line
     from ..config import Config
-    from ..checkpoint import config_changes
     from ..train import UNLIMITED_STEPS
 
+    def load(path: Path) -> Config:
+        try:
+            return Config.load(path)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not a YAML mapping of field: value ({error_line(err)})") from None
+
     if args.resume is None:
-        cfg = Config.load(args.config) if args.config else Config()
+        cfg = load(args.config) if args.config else Config()
         if args.seed is not None:
             cfg = cfg.replace(seed=args.seed)
         if args.highpass is not None:
@@ -127,7 +132,7 @@ def _resolve(args: argparse.Namespace, n_channels_of):
 
     cfg, recorded = _resume_config(args)
     if args.config is not None or args.seed is not None:
-        asked = Config.load(args.config) if args.config else cfg
+        asked = load(args.config) if args.config else cfg
         file_sets_seed = args.config is not None and "seed" in (yaml.safe_load(args.config.read_text()) or {})
         seed = args.seed if args.seed is not None else (asked.seed if file_sets_seed else cfg.seed)
         changes = config_changes(cfg, asked.replace(seed=seed, in_channels=cfg.in_channels))
