@@ -1,19 +1,25 @@
 # Set-up and the main jobs. `make test` and `make demo` create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
+# The versions tested, one per dependency (pyproject.toml keeps ranges for users): pip gets them with -c,
+# so a dependency's new release (a new warning, which pytest makes an error) cannot turn CI red by itself.
+CONSTRAINTS ?= constraints.txt
 # The CPU wheel of torch is installed first, so that the range in pyproject.toml
-# is already satisfied and pip never fetches a multi-GB CUDA build.
-TORCH_SPEC ?= torch==2.13.0
+# is already satisfied and pip never fetches a multi-GB CUDA build. Its version is the
+# constraints file's; TORCH_SPEC="torch==2.5.1" (any pip requirement) installs another.
+TORCH_SPEC ?= $(shell grep -m1 '^torch==' $(CONSTRAINTS))
 BIN := $(VENV)/bin
 
-.PHONY: install test demo bench tables clean
+.PHONY: install test demo bench tables constraints clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(BIN)/activate pyproject.toml
+# everything but torch under the constraints: torch is already there, from TORCH_SPEC
+$(VENV)/.installed: $(BIN)/activate pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[test]"
+	grep -v '^torch==' $(CONSTRAINTS) > $(VENV)/constraints-but-torch.txt
+	$(BIN)/pip install --quiet -c $(VENV)/constraints-but-torch.txt -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,6 +37,11 @@ bench: install
 # the paper's tables with every row measured here (~40 min on 2 CPU cores)
 tables: install
 	$(BIN)/hyperseg bench --profile quick -o bench_out
+
+# rewrite the constraints file from what .venv holds now (after testing an upgrade), keeping its comments
+constraints: install
+	{ grep '^#' $(CONSTRAINTS); $(BIN)/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } \
+		> $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) demo_out bench_out
