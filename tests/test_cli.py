@@ -1,10 +1,12 @@
 """End to end through the command line on tiny volumes."""
 import json
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import tiny_yaml
+from conftest import TINY, tiny_yaml
 
 from hyperseg.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from hyperseg.cli import main
@@ -99,3 +101,45 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert err.startswith("hyperseg: error:") and "missing" in err and "\n" not in err
     assert main(["segment", "-m", str(tmp_path), "-i", str(tmp_path), "-o", str(tmp_path / "o"), "-q"]) == 2
     assert "train" in capsys.readouterr().err  # tells the user how to get a model
+
+
+def test_every_subcommand_takes_q(capsys):
+    from hyperseg.cli import SUBCOMMANDS, build_parser
+
+    for name in SUBCOMMANDS:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([name, "--help"])
+        assert "-q, --quiet" in capsys.readouterr().out, name
+
+
+def test_building_the_parser_imports_neither_torch_nor_nibabel():
+    """``hyperseg --help`` and argument errors stay fast: lists from data.io are read only when used."""
+    code = ("import sys; from hyperseg.cli import build_parser; build_parser(); "
+            "print([m for m in ('torch', 'nibabel') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_demo_writes_the_label_maps_segment_writes_with_its_model(tmp_path, monkeypatch):
+    """The demo segments through the pipeline `hyperseg segment` runs: same files, same labels."""
+    import hyperseg.data.synthetic as synthetic
+    import hyperseg.train as training
+    from hyperseg.data.io import read_labels
+
+    real_write, real_train = synthetic.write_benchmark, training.train
+    monkeypatch.setattr(synthetic, "write_benchmark", lambda out, **kw: real_write(out, **kw, shape=(24, 24, 24)))
+    monkeypatch.setattr(training, "train", lambda cfg, arrays, run_dir, **kw: real_train(
+        cfg.replace(**TINY), arrays, run_dir, steps=2, progress=False))
+    demo = tmp_path / "demo"
+    assert main(["demo", "-o", str(demo), "--n-train", "1", "--n-test", "2", "-q"]) == 0
+    assert main(["segment", "-m", str(demo / "run"), "-i", str(demo / "data" / "test"), "-o", str(tmp_path / "seg"),
+                 "-q"]) == 0
+    cases = sorted(p.name[: -len(".nii.gz")] for p in (demo / "data" / "test").glob("*.nii.gz"))
+    maps = sorted(p.name for p in (demo / "segmentations").iterdir())
+    assert len(cases) == 2
+    assert maps == sorted(p.name for p in (tmp_path / "seg").iterdir()) == [
+        f"{case}_k{k}.nii.gz" for case in cases for k in (2, 4, 6)]
+    for name in maps:
+        assert np.array_equal(read_labels(demo / "segmentations" / name), read_labels(tmp_path / "seg" / name))
+    assert json.loads((demo / "scores.json").read_text())["levels"]
+    assert (demo / "demo.png").read_bytes().startswith(b"\x89PNG")
