@@ -149,6 +149,18 @@ def slic_kmeans(volume: np.ndarray, k: int, seed: int = 0, n_segments: int = 200
     return lab[sv]
 
 
+def _peer(name: str):
+    """The peer ``name`` of :mod:`hyperseg.comparison.peers` on the first channel, with unit spacing."""
+    def run(volume: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+        from .peers import PEERS
+
+        v = np.asarray(volume, dtype=np.float64)
+        return PEERS[name](v[0] if v.ndim == 4 else v, k, (1.0, 1.0, 1.0), seed=seed)
+
+    run.__name__ = run.__qualname__ = f"peer:{name}"
+    return run
+
+
 #: table name -> function
 BASELINES = {
     "k-means on intensity": kmeans_intensity,
@@ -156,4 +168,7 @@ BASELINES = {
     "k-means on local mean + std": kmeans_local_stats,
     "multi-Otsu": multi_otsu,
     "SLIC + k-means": slic_kmeans,
+    "k-means on local mean + std + Potts": _peer("k-means on local mean + std + Potts"),
+    "FAST-like (mixture + Potts in mask)": _peer("FAST-like (mixture + Potts in mask)"),
+    "ANTs Atropos": _peer("ANTs Atropos"),
 }

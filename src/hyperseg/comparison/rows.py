@@ -50,6 +50,9 @@ ROWS: tuple[Row, ...] = (
     Row("k-means on local mean + std", "classical", baseline="k-means on local mean + std"),
     Row("multi-Otsu", "classical", baseline="multi-Otsu"),
     Row("SLIC + k-means", "classical", baseline="SLIC + k-means"),
+    Row("k-means on local mean + std + Potts", "classical", baseline="k-means on local mean + std + Potts"),
+    Row("FAST-like (mixture + Potts in mask)", "classical", baseline="FAST-like (mixture + Potts in mask)"),
+    Row("ANTs Atropos", "classical", baseline="ANTs Atropos"),
 )
 
 
