@@ -71,7 +71,6 @@ def _level_value(kind: str, example: str, convert):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected K={kind}, e.g. {example}, got {text!r}") from None
 
-    parse.__name__ = f"K={kind}"  # argparse names the type in its messages
     return parse
 
 
