@@ -27,7 +27,8 @@ Rows: every peer of :mod:`hyperseg.comparison.peers`, and ``hyperseg default``:
 ``--minutes`` (what ``hyperseg train -i VOL -o RUN --minutes M`` runs), then
 :func:`hyperseg.pipeline.segment_volume` at levels 2 and 3. Each row runs in a
 fresh process (``spawn``) that loads the degraded volume; ``seconds`` is the
-wall time of the row's calls (training included), ``peak_rss_mb`` that
+wall time of the row's calls (training included; ``load_avg_1min``, the
+machine's load when the row ended, says how shared the CPUs were), ``peak_rss_mb`` that
 process's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (the Python
 interpreter and imports included, about 0.2-0.4 GB).
 
@@ -181,6 +182,14 @@ def run_row(row: str, volume_file: str, spacing: tuple, minutes: float, seed: in
     return out
 
 
+def save_labels(path: Path, row: str, labels: dict[int, np.ndarray], truth: np.ndarray) -> None:
+    """Add ``row``'s label maps (uint8) to the npz ``path`` (keys ``"{row} L{k}"`` and ``"truth"``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = dict(np.load(path)) if path.exists() else {}
+    old.update({f"{row} L{k}": v.astype(np.uint8) for k, v in labels.items()}, truth=truth.astype(np.uint8))
+    np.savez_compressed(path, **old)
+
+
 def markdown(results: dict) -> str:
     lines = ["| setting | row | Dice L2 (brain) | Dice L3 (GM) | seconds | peak RSS MB |",
              "|---|---|---|---|---|---|"]
@@ -262,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0, help="hyperseg training budget per setting")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--save-labels", type=Path, default=None, metavar="DIR",
+                    help="also write each row's label maps and the truth to DIR/{setting}.npz")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -292,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
                         status, labels, seconds, extra, peak = run_row(row, vol, (float(grid),) * 3,
                                                                        args.minutes, args.seed)
                         if status == "ok":
-                            entry = {"dice": score(labels, t), "seconds": seconds, "peak_rss_mb": peak, **extra}
+                            entry = {"dice": score(labels, t), "seconds": seconds, "peak_rss_mb": peak,
+                                     "load_avg_1min": round(os.getloadavg()[0], 2), **extra}
+                            if args.save_labels is not None:
+                                save_labels(args.save_labels / f"{key.replace(' ', '_')}.npz", row, labels, t)
                             if row == HYPERSEG:
                                 entry["train_minutes"] = args.minutes
                         else:
