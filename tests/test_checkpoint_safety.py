@@ -1,7 +1,7 @@
 """A shared run folder is data: a crafted file runs no code and is refused in one line naming it.
 
 The attack: a ``model.pt`` whose ``config`` entry unpickles to ``os.system("touch MARKER")``
-(older hyperseg versions read ``model.pt`` with ``torch.load(weights_only=False)`` and
+(hyperseg at commit d505928 read ``model.pt`` with ``torch.load(weights_only=False)`` and
 so ran it). Every way in (``hyperseg segment``, ``hyperseg train --resume``, the Python
 API) must leave no marker and exit with status 2 (or raise ``CheckpointError``).
 """
@@ -68,7 +68,7 @@ def copy_run(trained, tmp_path) -> Path:
 
 @pytest.fixture
 def pickle_run(trained, tmp_path):
-    """A run folder as older versions wrote it (config.yaml, run.json) whose model.pt runs ``touch MARKER``."""
+    """A run folder in the legacy layout (config.yaml, run.json, model.pt) whose model.pt runs ``touch MARKER``."""
     marker = tmp_path / "MARKER"
     run = tmp_path / "shared_run"
     run.mkdir()
@@ -235,7 +235,7 @@ def test_resume_refuses_a_crafted_resume_state(trained, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- converting an old run
 def write_legacy_run(new_run: Path, old_run: Path) -> None:
-    """``old_run`` as older versions wrote ``new_run``: a pickled model.pt, run.json with "sessions"."""
+    """``new_run`` in the legacy layout (commit d505928) as ``old_run``: a pickled model.pt, "sessions" in run.json."""
     s = read_checkpoint(new_run)
     old_run.mkdir()
     torch.save({"config": s["config"].to_dict(), "model": s["model"], "optimizer": s["optimizer"],

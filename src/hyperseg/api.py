@@ -151,7 +151,7 @@ class HyperbolicSegmenter:
         """A fitted segmenter from a folder written by :meth:`save` or ``hyperseg train``.
 
         Reads ``config.yaml`` and ``model.safetensors`` only (no pickle); a folder
-        holding the pickled ``model.pt`` of older versions raises
+        holding only a legacy pickled ``model.pt`` raises
         :class:`~hyperseg.checkpoint.CheckpointError` (a ``ValueError``) that names
         ``hyperseg convert-checkpoint``.
         """

@@ -26,8 +26,8 @@ Layout of a run folder
     :func:`hyperseg.train.train` on this folder (:func:`read_run_info`).
 
 Every file is data: safetensors, YAML read with ``safe_load``, JSON. No
-pickle is ever loaded; a folder holding only the pickled ``model.pt`` of
-older hyperseg versions is refused with :class:`CheckpointError`, whose
+pickle is ever loaded; a folder holding only a pickled ``model.pt`` (the
+legacy checkpoint format) is refused with :class:`CheckpointError`, whose
 message names ``hyperseg convert-checkpoint``.
 
 Order of writes (a kill at any moment leaves a loadable run)
@@ -68,7 +68,7 @@ LOG_FILE = "log.jsonl"
 RUN_FILE = "run.json"
 #: The file whose presence marks a folder as holding a trained model.
 CHECKPOINT = WEIGHTS_FILE
-#: The pickled checkpoint of older versions: never loaded, except by ``hyperseg convert-checkpoint``.
+#: The legacy pickled checkpoint: never loaded, except by ``hyperseg convert-checkpoint``.
 LEGACY_CHECKPOINT = "model.pt"
 #: Every file hyperseg writes into a run folder.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, RESUME_FILE, LOG_FILE, RUN_FILE)
@@ -89,7 +89,7 @@ def legacy_error(path: Path) -> CheckpointError:
     """The refusal of a pickled ``model.pt`` (loading a pickle can run any code)."""
     run = path.parent
     return CheckpointError(
-        f"{path}: a checkpoint in the old pickle format, which is not loaded because unpickling can run code; "
+        f"{path}: a pickled checkpoint, which hyperseg does not load because unpickling can run code; "
         f"if you made it yourself, convert it with `hyperseg convert-checkpoint {run}`")
 
 
@@ -261,9 +261,10 @@ def write_resume_state(run_dir: Path, cfg: Config, model_state: Mapping[str, tor
 
 # ----------------------------------------------------------------------------- reading
 def _run_folder(run: str | Path) -> Path:
-    """The run folder of ``run`` (a folder, or a file inside one)."""
+    """The run folder of ``run``: ``run`` itself, or the folder of a run file given by path."""
     run = Path(run)
-    return run if run.is_dir() or not run.suffix else run.parent
+    is_file = run.is_file() or run.name in (*RUN_FILES, LEGACY_CHECKPOINT)
+    return run.parent if is_file else run
 
 
 def _read_safetensors(path: Path, fmt: str, prefix: str | None = None
@@ -306,7 +307,7 @@ def load_model(run: str | Path, device: str | torch.device = "cpu") -> HyperVAE:
 
     Reads ``config.yaml`` and ``model.safetensors`` only. Raises
     :class:`CheckpointError` (a ``ValueError``) for a damaged or foreign file,
-    or a pickled ``model.pt`` of older versions, and ``FileNotFoundError``
+    or a legacy pickled ``model.pt``, and ``FileNotFoundError``
     for a folder without a trained model.
     """
     folder = _run_folder(run)
@@ -383,8 +384,8 @@ def read_run_info(run: str | Path) -> dict[str, Any]:
     """The JSON object ``run.json`` of a run folder (``{}`` when there is none).
 
     Checked as data: the file must hold a JSON object whose ``input`` is a
-    string or null and whose ``invocations`` (``sessions`` in files written by
-    older versions) is a list of objects; it is returned with ``invocations``.
+    string or null and whose ``invocations`` (or ``sessions``, the name in
+    legacy run folders) is a list of objects; it is returned with ``invocations``.
     """
     path = _run_folder(run) / RUN_FILE
     if not path.is_file():

@@ -1,11 +1,11 @@
 """``hyperseg convert-checkpoint RUN``: rewrite a run's pickled ``model.pt`` as data-only files.
 
-Older versions of hyperseg saved a run as ``model.pt``, a pickle; unpickling
-can run any code the file's author chose, so hyperseg no longer reads such
-files anywhere except here, and only because the user asked for this one.
+``model.pt`` is the legacy checkpoint format, a pickle; unpickling can run
+any code the file's author chose, so hyperseg reads such files nowhere
+except here, and only because the user asked for this one.
 The conversion writes ``config.yaml`` and ``model.safetensors`` (and
 ``resume.safetensors`` when the checkpoint holds an optimiser state, so that
-``hyperseg train --resume RUN`` continues exactly where the old run stopped;
+``hyperseg train --resume RUN`` continues exactly where the pickled run stopped;
 see :mod:`hyperseg.checkpoint`). ``model.pt`` is left in place and is not
 read again.
 
@@ -20,14 +20,14 @@ from pathlib import Path
 
 from .common import UserError
 
-HELP = ("convert the pickled model.pt of a run folder made by an older hyperseg into data-only files "
+HELP = ("convert the legacy pickled model.pt of a run folder into data-only files "
         "(UNSAFE for files you did not make: loading a pickle can run any code)")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "convert-checkpoint", help=HELP,
-        description="Read RUN/model.pt, the pickled checkpoint of older hyperseg versions, and write "
+        description="Read RUN/model.pt, the legacy pickled checkpoint, and write "
                     "config.yaml, model.safetensors and (when it holds an optimiser state) resume.safetensors "
                     "beside it, which hyperseg reads without unpickling anything. UNSAFE for files you did "
                     "not make: unpickling model.pt runs whatever code its author put in it, as you. Convert "
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.run if args.run.name == LEGACY_CHECKPOINT else args.run / LEGACY_CHECKPOINT
     folder = path.parent
     if not path.is_file():
-        raise UserError(f"{path}: no such file; convert-checkpoint reads the model.pt of an older run folder")
+        raise UserError(f"{path}: no such file; convert-checkpoint reads the legacy model.pt of a run folder")
     if (folder / WEIGHTS_FILE).exists():
         raise UserError(f"{folder / WEIGHTS_FILE}: the run already has data-only files; nothing to convert "
                         f"(delete {WEIGHTS_FILE} and {RESUME_FILE} to convert {path} again)")
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or "config" not in state or "model" not in state:
             raise KeyError("no config/model entries")
-        # checkpoints written before the "likelihood" field existed used the unit-variance decoder
+        # a model.pt whose configuration has no "likelihood" entry holds a unit-variance decoder
         cfg = Config.from_dict({"likelihood": "unit", **state["config"]})
         model = HyperVAE(cfg)
         model.load_state_dict(state["model"])
@@ -74,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
         written.append(RESUME_FILE)
     if not args.quiet:
         print(f"converted {path} (step {step}) into {', '.join(written)} in {folder}; "
-              f"{LEGACY_CHECKPOINT} is no longer read and can be deleted")
+              f"hyperseg does not read {LEGACY_CHECKPOINT}, which can be deleted")
     return 0

@@ -98,7 +98,7 @@ def _resume_config(args: argparse.Namespace):
     from ..distributed import run_on_main
 
     def read():
-        resume_state_path(args.resume)  # fail before reading any volume: no checkpoint, or an old pickle
+        resume_state_path(args.resume)  # fail before reading any volume: no checkpoint, or a legacy pickle
         return read_config(args.resume), read_run_info(args.resume).get("input")
 
     return run_on_main(read)
