@@ -216,6 +216,9 @@ def test_bad_values(tmp_path):
         read_volume(tmp_path / "huge.npy")
     with pytest.raises(ValueError, match="nan_policy"):
         read_volume(tmp_path / "nan.npy", nan_policy="ignore")
+    top = np.finfo(np.float32).max  # the median of [0, 0, top, top, top, top] averages top and top
+    np.save(tmp_path / "top.npy", np.array([0, 0, top, top, top, top, np.nan, np.nan], np.float32).reshape(2, 2, 2))
+    assert read_volume(tmp_path / "top.npy", nan_policy="fill").array[0, 1, 1, 1] == top  # no overflow to inf
 
 
 def test_constant_label_maps_are_still_readable(tmp_path):

@@ -617,6 +617,16 @@ def _to_float32(data: np.ndarray) -> np.ndarray:
         return np.asarray(data, dtype=np.float32)
 
 
+def _median(values: np.ndarray) -> float:
+    """The median of float32 ``values``; where float32 overflows averaging the two middle ones
+    (both near ``3.4e38``), it is taken in float64, whose result float32 holds."""
+    with np.errstate(over="ignore"):
+        med = np.median(values)
+    if not np.isfinite(med):
+        med = np.median(values.astype(np.float64))
+    return float(med)
+
+
 def check_array(array: np.ndarray, name: str, nan_policy: str = "error") -> np.ndarray:
     """Check a ``(C, D, H, W)`` volume's values; return it as float32 (NaN/Inf filled if asked).
 
@@ -640,7 +650,7 @@ def check_array(array: np.ndarray, name: str, nan_policy: str = "error") -> np.n
             ok = finite[c]
             if not ok.any():
                 raise VolumeError(f"{name}: channel {c} has no finite voxel; remove or fix that channel")
-            x[c][~ok] = np.median(x[c][ok])
+            x[c][~ok] = _median(x[c][ok])
     if float(x.max()) == float(x.min()):
         raise VolumeError(f"{name}: is constant (every voxel is {float(x.flat[0]):g}): nothing to segment; "
                           "check that this is the right file")
