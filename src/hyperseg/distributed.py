@@ -22,6 +22,7 @@ files and prints progress.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -174,8 +175,18 @@ def cleanup() -> None:
     After a successful run call :func:`barrier` first: a rank that tears the
     group down while a peer is still inside a collective (or still talking to
     rank 0's rendezvous store) can take that peer down with it.
+
+    Garbage is collected before the group is destroyed. A finished
+    ``DistributedDataParallel`` wrapper is left in a reference cycle by
+    :func:`hyperseg.train.train` (``tests/test_ddp.py`` finds one per call
+    with the collector off); its reducer holds the group and autograd hooks.
+    Left to the interpreter's teardown, that reducer would be destroyed while
+    Python is finalising, when a C++ thread that needs the GIL is ended by
+    forced unwinding, which can abort the process (SIGABRT, "terminate called
+    without an active exception") after a run that succeeded.
     """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
