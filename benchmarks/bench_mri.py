@@ -136,7 +136,8 @@ def score(labels: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def _child(row: str, volume_file: str, spacing: tuple, minutes: float, seed: int, queue) -> None:
+def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, seed: int, queue,
+           steps: int | None = None) -> None:
     """Run one row in this fresh process; put ``(labels, seconds, extra, peak_rss_mb)`` or an error on ``queue``."""
     import resource
 
@@ -151,8 +152,9 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float, seed: int
             from hyperseg.train import UNLIMITED_STEPS, train
 
             with tempfile.TemporaryDirectory(prefix="bench-mri-") as run:
-                model = train(Config().replace(in_channels=1), [x[None]], run, steps=UNLIMITED_STEPS,
-                              minutes=minutes, progress=False, device="cpu")
+                model = train(Config().replace(in_channels=1), [x[None]], run,
+                              steps=UNLIMITED_STEPS if steps is None else steps,
+                              minutes=minutes if steps is None else None, progress=False, device="cpu")
                 extra["train_seconds"] = time.perf_counter() - t0
                 run_json = Path(run) / "run.json"
                 extra["steps"] = json.loads(run_json.read_text()).get("steps_done") if run_json.exists() else None
@@ -170,12 +172,12 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float, seed: int
         queue.put(("error", f"{type(err).__name__}: {err}", 0.0, {}, 0.0))
 
 
-def run_row(row: str, volume_file: str, spacing: tuple, minutes: float, seed: int):
+def run_row(row: str, volume_file: str, spacing: tuple, minutes: float | None, steps: int | None, seed: int):
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(row, volume_file, spacing, minutes, seed, q))
+    p = ctx.Process(target=_child, args=(row, volume_file, spacing, minutes, seed, q), kwargs={"steps": steps})
     p.start()
     out = q.get()
     p.join()
@@ -269,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hyperseg-grid", type=int, nargs="*", default=[2],
                     help="grids at which the hyperseg row runs (default 2)")
     ap.add_argument("--minutes", type=float, default=3.0, help="hyperseg training budget per setting")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train hyperseg for this many steps instead (no time limit): a budget that does not "
+                         "depend on how shared the CPUs are")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--save-labels", type=Path, default=None, metavar="DIR",
@@ -301,14 +306,15 @@ def main(argv: list[str] | None = None) -> int:
                     np.save(vol, img)
                     for row in todo:
                         status, labels, seconds, extra, peak = run_row(row, vol, (float(grid),) * 3,
-                                                                       args.minutes, args.seed)
+                                                                       args.minutes, args.steps, args.seed)
                         if status == "ok":
                             entry = {"dice": score(labels, t), "seconds": seconds, "peak_rss_mb": peak,
                                      "load_avg_1min": round(os.getloadavg()[0], 2), **extra}
                             if args.save_labels is not None:
                                 save_labels(args.save_labels / f"{key.replace(' ', '_')}.npz", row, labels, t)
                             if row == HYPERSEG:
-                                entry["train_minutes"] = args.minutes
+                                entry.update({"train_minutes": args.minutes} if args.steps is None
+                                             else {"train_steps": args.steps})
                         else:
                             entry = {"error": labels}
                         results = update(args.out, (key, setting, row, entry))
