@@ -1,4 +1,8 @@
 """The scikit-learn style API: numpy in, numpy out, on tiny volumes."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +65,23 @@ def test_save_load_gives_the_same_labels(fitted, tmp_path):
     assert all(torch.equal(saved[k], v) for k, v in fitted.model_.state_dict().items())
     for k in (2, 4):
         assert np.array_equal(again.predict(vol, levels=(k,))[k], fitted.predict(vol, levels=(k,))[k])
+
+
+def test_loading_and_predicting_never_import_the_training_code(fitted, tmp_path):
+    """The segmentation path (API load/predict, the pipeline, `hyperseg segment`) loads through hyperseg.checkpoint."""
+    fitted.save(tmp_path / "run")
+    np.save(tmp_path / "v.npy", two_phase(seed=7))
+    script = (
+        "import sys, numpy as np\n"
+        "from hyperseg.api import HyperbolicSegmenter\n"
+        "from hyperseg.cli import segment\n"
+        "import hyperseg.pipeline, hyperseg.segment\n"
+        f"seg = HyperbolicSegmenter.load({str(tmp_path / 'run')!r})\n"
+        f"seg.predict(np.load({str(tmp_path / 'v.npy')!r}), levels=(2,))\n"
+        "print(sorted(m for m in sys.modules if m == 'hyperseg.train' or m.startswith('hyperseg.train.')))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.stdout.strip() == "[]"
 
 
 def test_multichannel_fit_and_bad_inputs(tmp_path):
