@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
                                    "DIR/results.json and DIR/table.md and prints the table. The classical rows "
                                    "need `pip install 'hyperseg[bench]'`.")
     p.add_argument("--profile", choices=["quick", "full"], default="quick",
-                   help="quick: about 40 min on 2 CPU cores; full: about 6 hours (default quick; BENCHMARKS.md)")
+                   help="quick: about 37 min on 2 CPU cores; full: about 6 hours (default quick; BENCHMARKS.md)")
     p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     p.add_argument("--rows", nargs="+", metavar="METHOD", help="only these rows (by method name)")
     p.add_argument("--datasets", nargs="+", choices=["simple", "irregular"], help="only these datasets")
