@@ -34,7 +34,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_embed.py
 	$(BIN)/python benchmarks/bench_kmeans.py
 
-# the paper's tables with every row measured here (~40 min on 2 CPU cores)
+# the paper's tables with every row measured here (about 37 min on 2 CPU cores, BENCHMARKS.md)
 tables: install
 	$(BIN)/hyperseg bench --profile quick -o bench_out
 
