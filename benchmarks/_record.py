@@ -6,7 +6,9 @@ file). BENCHMARKS.md cites these files; a number there without one is not kept.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import json
 import os
 import platform
@@ -47,3 +49,32 @@ def write(path: str | Path, script: str, markdown: str, rows: list[dict[str, Any
     tmp.replace(path)
     print(f"\nwrote {path}")
     return path
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to ``sys.__stdout__``-like ``out`` and keeps a copy."""
+
+    def __init__(self, out):
+        self.out, self.kept = out, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        return self.kept.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def tee():
+    """Print as usual inside the block and keep a copy: ``with tee() as kept: ...; kept.getvalue()``.
+
+    For scripts whose tables are printed as they are computed; the copy becomes the
+    results file's ``markdown``.
+    """
+    stream = _Tee(sys.stdout)
+    old, sys.stdout = sys.stdout, stream
+    try:
+        yield stream.kept
+    finally:
+        sys.stdout = old

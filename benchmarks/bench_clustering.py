@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _record
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import normalize_for
 from hyperseg.embed import embed_volume
 from hyperseg.metrics import mean_dice
 from hyperseg.segment import cluster_levels
 from hyperseg.smooth import smooth_embedding
-from hyperseg.train import load_model
+from hyperseg.checkpoint import load_model
 
 METHODS = {
     "default": ("k-medians at 2 clusters, k-means above (default)", {}),
@@ -42,7 +43,7 @@ METHODS = {
 LEVELS = {1: 2, 2: 4, 3: 6}
 
 
-def main() -> None:
+def main() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="split folder with caseNNN.nii.gz and labels/")
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--smooth", type=float, nargs="+", default=[None],
                     help="smoothing sigmas in voxels (default: the run's smooth_sigma)")
     ap.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    ap.add_argument("--out", default=str(_record.RESULTS / "clustering.json"), help="results file (JSON)")
     args = ap.parse_args()
     model = load_model(args.run)
     cfg = model.cfg
@@ -86,7 +88,10 @@ def main() -> None:
     for r in rows:
         d = [f"{np.mean(scores[r][lvl]):.3f} +- {np.std(scores[r][lvl]):.3f}" for lvl in LEVELS]
         print(f"| {r[0]} | {r[1]:g} | {METHODS[r[2]][0]} | {' | '.join(d)} | {seconds[r] / len(files):.1f} |")
+    return args
 
 
 if __name__ == "__main__":
-    main()
+    with _record.tee() as kept:
+        used = main()
+    _record.write(used.out, __file__, kept.getvalue(), rows=[])

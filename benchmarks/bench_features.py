@@ -35,6 +35,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LinearRegression
 
+import _record
 from hyperseg.comparison.baselines import kmeans_local_stats, local_mean_std
 from hyperseg.config import Config
 from hyperseg.data.io import read_labels, read_volume
@@ -43,7 +44,7 @@ from hyperseg.embed import embed_volume
 from hyperseg.metrics import mean_dice
 from hyperseg.segment import cluster_levels, cluster_points
 from hyperseg.smooth import smooth_embedding
-from hyperseg.train import load_model
+from hyperseg.checkpoint import load_model
 
 LEVELS = {1: 2, 2: 4, 3: 6}
 ARTANH_GUARD = 1e-9  # keeps |x| < 1 in artanh for points the float64 maths put on the boundary
@@ -76,11 +77,12 @@ def kmeans(X: np.ndarray, k: int, sample: int = 50000) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=4, random_state=0).fit(X[idx]).predict(X)
 
 
-def main() -> None:
+def main() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=Path, nargs="+", required=True)
     ap.add_argument("--data", type=Path, required=True, help="split folder with caseNNN.nii.gz and labels/")
     ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--out", default=str(_record.RESULTS / "features.json"), help="results file (JSON)")
     args = ap.parse_args()
     files = sorted(args.data.glob("case*.nii.gz"))[: args.cases]
     if not files:
@@ -137,7 +139,10 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     r = np.mean(r2, 0)
     print(f"\nR^2 of a linear map from the embedding to local mean / std: {r[0]:.3f} / {r[1]:.3f}")
+    return args
 
 
 if __name__ == "__main__":
-    main()
+    with _record.tee() as kept:
+        used = main()
+    _record.write(used.out, __file__, kept.getvalue(), rows=[])

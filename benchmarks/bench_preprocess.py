@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+import _record
 from hyperseg.comparison.baselines import kmeans_intensity, kmeans_local_stats
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import highpass
@@ -59,12 +60,13 @@ def transform(spec: str) -> Callable[[np.ndarray], np.ndarray]:
     raise SystemExit(f"unknown input transform {spec!r}: use raw, highpass:SIGMA or lcn:SIGMA")
 
 
-def main() -> None:
+def main() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="split folder with caseNNN.nii.gz and labels/")
     ap.add_argument("--cases", type=int, default=10)
     ap.add_argument("--inputs", nargs="+", default=["raw", "highpass:4", "highpass:6", "highpass:10", "lcn:6",
                                                       "lcn:10"])
+    ap.add_argument("--out", default=str(_record.RESULTS / "preprocess.json"), help="results file (JSON)")
     args = ap.parse_args()
     files = sorted(args.data.glob("case*.nii.gz"))[: args.cases]
     if not files:
@@ -85,7 +87,10 @@ def main() -> None:
                     dice[lvl].append(mean_dice(method(x, k, seed=0), t[lvl]))
             cells.append(" / ".join(f"{np.mean(dice[lvl]):.3f}" for lvl in LEVELS))
         print(f"| {spec} | {cells[0]} | {cells[1]} |", flush=True)
+    return args
 
 
 if __name__ == "__main__":
-    main()
+    with _record.tee() as kept:
+        used = main()
+    _record.write(used.out, __file__, kept.getvalue(), rows=[])
