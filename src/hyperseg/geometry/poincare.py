@@ -154,7 +154,7 @@ def dist(x: torch.Tensor, y: torch.Tensor, c: float = 1.0) -> torch.Tensor:
     diff = (x - y).norm(dim=-1)
     x2 = (x * x).sum(-1)
     y2 = (y * y).sum(-1)
-    denom = ((1.0 - c * x2).clamp_min(1e-4) * (1.0 - c * y2).clamp_min(1e-4)).sqrt()  # PLANTED
+    denom = ((1.0 - c * x2).clamp_min(MIN_NORM) * (1.0 - c * y2).clamp_min(MIN_NORM)).sqrt()
     return 2.0 / c**0.5 * torch.asinh(c**0.5 * diff / denom)
 
 
@@ -176,7 +176,7 @@ def pairwise_dist(x: torch.Tensor, y: torch.Tensor, c: float = 1.0) -> torch.Ten
     diff = torch.cdist(x, y, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")  # (N, K)
     x2 = (x * x).sum(-1, keepdim=True)  # (N, 1)
     y2 = (y * y).sum(-1)[None, :]  # (1, K)
-    denom = ((1.0 - c * x2).clamp_min(1e-4) * (1.0 - c * y2).clamp_min(1e-4)).sqrt()  # PLANTED
+    denom = ((1.0 - c * x2).clamp_min(MIN_NORM) * (1.0 - c * y2).clamp_min(MIN_NORM)).sqrt()
     return 2.0 / c**0.5 * torch.asinh(c**0.5 * diff / denom)
 
 
