@@ -166,16 +166,3 @@ def test_unknown_likelihood_is_refused():
         Config(likelihood="laplace")
 
 
-def test_a_checkpoint_from_before_the_likelihood_option_loads_as_unit(tmp_path):
-    """Runs saved before ``likelihood`` existed have no such key and a one-channel decoder."""
-    from hyperseg.train import load_model, save_checkpoint
-
-    old = HyperVAE(Config(**SMALL, likelihood="unit"))
-    save_checkpoint(tmp_path, old, None, step=0)
-    state = torch.load(tmp_path / "model.pt", weights_only=False)
-    del state["config"]["likelihood"]
-    torch.save(state, tmp_path / "model.pt")
-    loaded = load_model(tmp_path)
-    assert loaded.cfg.likelihood == "unit"
-    z = torch.zeros(2, loaded.cfg.latent_dim)
-    torch.testing.assert_close(loaded.decode(z), old.decode(z))
