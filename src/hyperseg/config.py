@@ -20,6 +20,8 @@ PATCH_SCALES = ("uniform", "log")
 PAD_MODES = ("replicate", "zeros", "reflect")
 LIKELIHOODS = ("unit", "scale")
 CLUSTERINGS = ("kmeans", "mixture", "kmedians")
+#: How the Potts prior on a level's assignment is minimised (regularize.py).
+POTTS_METHODS = ("icm", "mean_field")
 #: How the levels relate: clustered one by one, or nested (cluster/hierarchy.py).
 HIERARCHIES = ("independent", "divisive", "agglomerative")
 #: Most clusters a level may have: label maps are stored as uint8.
@@ -130,6 +132,17 @@ class Config:
     # default k-medians for 2 clusters keeps two large regions apart where 2-means would give a centroid
     # to a small, distant group (kmedians.py); chosen on validation volumes (BENCHMARKS.md). {} = the paper.
     level_clustering: dict[int, str] = field(default_factory=lambda: {2: "kmedians"})
+    # weight w of each voxel's own normalised intensities next to its embedding: a Gaussian per cluster on
+    # the channels (fitted on the clustering's labels) adds w x its log-likelihood to the clustering's own
+    # (regularize.py), and each voxel takes the most likely cluster; 0 = off (independent levels only).
+    # Validation Dice per weight: benchmarks/results/segment_options_simple_val.json
+    intensity_weight: float = 0.0
+    # Potts prior on the clustering's log-likelihoods (and the intensity term): coupling in nats per
+    # disagreeing 6-neighbour, 0 = off (independent levels only); potts_method: "icm" or "mean_field",
+    # potts_iter: its sweeps (regularize.py, potts.py)
+    potts_beta: float = 0.0
+    potts_method: str = "mean_field"
+    potts_iter: int = 5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -214,6 +227,16 @@ class Config:
              f"hierarchy {self.hierarchy!r} cuts every level from one k-means tree, so clustering "
              f"{self.clustering!r} with level_clustering {self.level_clustering!r} cannot apply; use hierarchy "
              "'independent' for per-level methods, or clustering 'kmeans' with level_clustering {}")
+
+        need(self.intensity_weight >= 0, f"intensity_weight must be >= 0 (0 = off), got {self.intensity_weight}")
+        need(self.potts_beta >= 0, f"potts_beta must be >= 0 (0 = off), got {self.potts_beta}")
+        need(self.potts_method in POTTS_METHODS,
+             f"potts_method must be one of {', '.join(POTTS_METHODS)}, got {self.potts_method!r}")
+        need(isinstance(self.potts_iter, int) and self.potts_iter >= 1, f"potts_iter must be an integer >= 1, "
+             f"got {self.potts_iter!r}")
+        need(self.hierarchy == "independent" or (self.potts_beta == 0 and self.intensity_weight == 0),
+             f"potts_beta and intensity_weight need hierarchy 'independent' (they refine each level's own "
+             f"clustering), got hierarchy {self.hierarchy!r}; set them to 0 or use hierarchy 'independent'")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
