@@ -97,6 +97,19 @@ def test_run_benchmark_writes_results_and_table(tmp_path):
         assert set(r["dice"]) == set(r["dice_std"]) == {"1", "2", "3"}
         assert all(0.0 <= r["dice"][lvl] <= 1.0 for lvl in "123")
         assert r["seconds"] > 0 and r["peak_mb"] > 0
+    # a classical row's Dice is its method applied to the test volume, Hungarian-matched to the truth
+    from hyperseg.comparison.baselines import multi_otsu
+    from hyperseg.data.io import read_labels, read_volume
+    from hyperseg.metrics import mean_dice
+
+    otsu = next(r for r in measured if r["method"] == "multi-Otsu" and r["dataset"] == "simple")
+    data = tmp_path / "data" / "simple"
+    names = json.loads((data / "levels.json").read_text())["splits"]["test"]
+    for lvl, k in ((1, 2), (2, 4), (3, 6)):
+        expected = np.mean([mean_dice(multi_otsu(read_volume(data / "test" / f"{n}.nii.gz").array[0], k),
+                                      read_labels(data / "test" / "labels" / f"{n}_level{lvl}.nii.gz"))
+                            for n in names])
+        assert otsu["dice"][str(lvl)] == pytest.approx(float(expected), abs=1e-9)
     model_rows = [r for r in measured if r["method"] == FULL_MODEL]
     assert all(r["n_seeds"] == 2 and r["dice_seed_std"]["1"] is not None for r in model_rows)
     quoted = [r for r in rows if not r["measured"]]
