@@ -122,3 +122,37 @@ def test_regularise_level_without_intensities_refuses_an_intensity_weight():
 def test_the_regularisation_settings_are_validated(bad, match):
     with pytest.raises(ValueError, match=match):
         Config(**bad)
+
+
+def test_segment_array_applies_the_intensity_term_and_the_potts_prior_to_every_level():
+    import torch
+
+    from hyperseg.data.preprocess import normalize_for
+    from hyperseg.embed import embed_volume
+    from hyperseg.model import HyperVAE
+    from hyperseg.segment import segment_array
+    from hyperseg.smooth import smooth_embedding
+
+    torch.manual_seed(0)
+    tiny = dict(encoder_channels=[4, 4], decoder_channels=[4, 4], hidden=8, gyro_channels=8, patch_edge=6,
+                embed_patch_edge=6, kmeans_n_init=1, levels=[2, 3])
+    rng = np.random.default_rng(0)
+    image = (np.where(np.arange(12)[None, None, :] < 6, -1.0, 1.0) + 0.5 * rng.standard_normal((12, 12, 12)))
+    image = image[None].astype(np.float32)
+    cfg = Config(**tiny, intensity_weight=3.0, potts_beta=1.0)
+    model = HyperVAE(cfg).eval()
+    seg = segment_array(model, image, levels=[2, 3])
+    x = normalize_for(cfg, image, None)
+    emb = embed_volume(model, torch.from_numpy(x))
+    flat = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c).reshape(-1, cfg.latent_dim)
+    values = x.reshape(1, -1).T
+    off = HyperVAE(cfg.replace(intensity_weight=0.0, potts_beta=0.0))
+    off.load_state_dict(model.state_dict())  # the same encoder, regularisation off
+    plain = segment_array(off.eval(), image, levels=[2, 3])
+    for k in (2, 3):
+        fit = fit_level(flat, k, cfg)
+        expect = regularise_level(flat, fit, cfg, (12, 12, 12), values).reshape(12, 12, 12)
+        np.testing.assert_array_equal(seg.labels[k], expect)
+        assert seg.labels[k].dtype == np.uint8
+        np.testing.assert_array_equal(plain.labels[k], fit.labels.reshape(12, 12, 12))
+    assert any((seg.labels[k] != plain.labels[k]).any() for k in (2, 3))
