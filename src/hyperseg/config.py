@@ -30,6 +30,15 @@ TRIPLET_DISTANCES = ("distance", "squared")
 NEGATIVES = ("disjoint", "all_axes")  # negative-child placements of data/sampler.py
 
 
+#: Folder of the shipped presets, one YAML file of Config fields each (``hyperseg train --preset NAME``).
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    """Names of the shipped presets (``paper``: Hsu et al. 2021)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
 @dataclass
 class Config:
     """Hyperparameters of the model, objective, training and segmentation.
@@ -254,6 +263,17 @@ class Config:
                 data[name] = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v
                               for k, v in data[name].items()}
         return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **changes: Any) -> "Config":
+        """The named preset (a YAML file of :data:`PRESETS_DIR`) on top of the defaults, then ``changes``.
+
+        ``Config.from_preset("paper")`` is the configuration of Hsu et al. 2021.
+        """
+        if name not in presets():
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(presets())}")
+        data = yaml.safe_load((PRESETS_DIR / f"{name}.yaml").read_text()) or {}
+        return cls.from_dict({**data, **changes})
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":

@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", type=Path, help="run folder to create")
     p.add_argument("--resume", type=Path, metavar="RUN",
                    help="continue the run in RUN from its last checkpoint (appends to its log)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="start from a shipped configuration instead of the defaults: 'paper' is the "
+                        "configuration of Hsu et al. 2021 (d = 2, unit-variance decoder, k-means on every "
+                        "level, no smoothing); --config fields apply on top")
     p.add_argument("--config", type=Path, help="YAML file with configuration fields to override "
                    "(with --resume it must match the run's configuration)")
     p.add_argument("--steps", type=int, help="optimiser steps in total (default: the configuration's, "
@@ -59,6 +63,13 @@ def _check_args(args: argparse.Namespace) -> None:
 
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.preset is not None:
+        from ..config import presets
+
+        if args.preset not in presets():
+            raise UserError(f"--preset: unknown preset {args.preset!r}; choose one of {', '.join(presets())}")
+        if args.resume is not None:
+            raise UserError("--preset starts a new run; a resumed run keeps its own configuration: drop --preset")
     if args.steps is not None and args.steps < 0:
         raise UserError(f"--steps must be >= 0, got {args.steps}")
     if args.minutes is not None and args.minutes <= 0:
@@ -80,8 +91,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
     """The ``hyperseg`` arguments that repeat this command in a worker (without ``--nproc``)."""
     out = ["train"]
     for flag, value in (("-i", args.input), ("-o", args.output), ("--resume", args.resume),
-                        ("--config", args.config), ("--steps", args.steps), ("--minutes", args.minutes),
-                        ("--seed", args.seed), ("--highpass", args.highpass)):
+                        ("--preset", args.preset), ("--config", args.config), ("--steps", args.steps),
+                        ("--minutes", args.minutes), ("--seed", args.seed), ("--highpass", args.highpass)):
         if value is not None:
             out += [flag, str(value)]
     out += ["--device", args.device, "--nan-policy", args.nan_policy] + (["-q"] if args.quiet else [])
@@ -120,6 +131,9 @@ def _resolve(args: argparse.Namespace, n_channels_of):
 
     if args.resume is None:
         cfg = load(args.config) if args.config else Config()
+        if args.preset:  # the preset, then the file's own fields on top
+            fields = yaml.safe_load(args.config.read_text()) if args.config else {}
+            cfg = Config.from_preset(args.preset, **fields)
         if args.seed is not None:
             cfg = cfg.replace(seed=args.seed)
         if args.highpass is not None:
