@@ -22,21 +22,27 @@ Truth: brain / background (``ch2bet > 0``, level 2) and background / grey matter
 most frequent label of each block. Score: Hungarian-matched mean Dice
 (:func:`hyperseg.metrics.dice_iou`) over the whole grid.
 
-Rows: every peer of :mod:`hyperseg.comparison.peers`, and ``hyperseg default``:
-:func:`hyperseg.train.train` with ``Config()`` and no step limit for
-``--minutes`` (what ``hyperseg train -i VOL -o RUN --minutes M`` runs), then
-:func:`hyperseg.pipeline.segment_volume` at levels 2 and 3. Each row runs in a
-fresh process (``spawn``) that loads the degraded volume; ``seconds`` is the
-wall time of the row's calls (training included; ``load_avg_1min``, the
-machine's load when the row ended, says how shared the CPUs were), ``peak_rss_mb`` that
-process's ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (the Python
-interpreter and imports included, about 0.2-0.4 GB).
+Rows: every peer of :mod:`hyperseg.comparison.peers`, and the hyperseg rows of
+:data:`HYPERSEG_ROWS`: one model per setting, :func:`hyperseg.train.train` with
+``Config(in_channels=1)`` and no step limit for ``--minutes`` (default 10, what
+``hyperseg train -i VOL -o RUN --minutes 10`` runs), kept in ``--runs DIR`` and
+reused by every hyperseg row of the setting, then
+:func:`hyperseg.pipeline.segment_volume` at levels 2 and 3 with the row's
+segmentation stage: the default, the paper's, the default without the intensity
+term, the ``mri`` preset and that preset with the embedding weight at 0 (its
+intensity-only version: same mask, same prior). Each row runs in a fresh
+process (``spawn``) that loads the degraded volume; ``seconds`` is the wall time
+of the row's calls (for hyperseg rows the segmentation, with the training in
+``train_seconds``; ``load_avg_1min``, the machine's load when the row ended, says
+how shared the CPUs were), ``peak_rss_mb`` that process's
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at the end (the Python interpreter
+and imports included, about 0.2-0.4 GB).
 
 Results: ``--out`` (default ``benchmarks/results/mri_colin27.json``),
 resumable: a (setting, row) already in the file is skipped. Run nice'd with
 ``OMP_NUM_THREADS=1`` (set here for the children if unset)::
 
-    OMP_NUM_THREADS=1 nice python benchmarks/bench_mri.py --data /path/colin27 --grid 2
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_mri.py --data /path/colin27 --grid 2 --runs RUNS
 """
 from __future__ import annotations
 
@@ -53,6 +59,16 @@ import numpy as np
 DEBIAN = Path("/usr/share/mricron/templates")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "mri_colin27.json"
 HYPERSEG = "hyperseg default"
+#: hyperseg rows: one model trained per setting (``hyperseg train --minutes M``), segmented with each of these
+#: segmentation stages (Config fields on top of the field defaults, bench_default.stage_config).
+HYPERSEG_ROWS: dict[str, dict] = {
+    HYPERSEG: {},
+    "hyperseg paper segmentation stage": {"hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0,
+                                          "smooth_sigma": 0.0, "level_clustering": {}, "refine": "once"},
+    "hyperseg default, embedding only": {"intensity_weight": 0.0},
+    "hyperseg mri preset": {"preset": "mri"},
+    "hyperseg mri preset, intensity only": {"preset": "mri", "embedding_weight": 0.0},
+}
 LEVELS = (2, 3)
 BIAS_SEED = 27
 BIAS_DEGREE = 3
@@ -136,29 +152,51 @@ def score(labels: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+def train_or_load(x: np.ndarray, run: Path, minutes: float | None, steps: int | None) -> tuple[object, dict]:
+    """The default model of this setting: loaded from ``run`` when it holds one, else trained there
+    (``Config(in_channels=1)``, ``--minutes`` or ``--steps``, what ``hyperseg train`` runs)."""
+    from hyperseg.checkpoint import load_model
+    from hyperseg.config import Config
+    from hyperseg.train import UNLIMITED_STEPS, train
+
+    t0 = time.perf_counter()
+    if (run / "model.safetensors").exists():
+        model = load_model(run)
+        trained = False
+    else:
+        model = train(Config().replace(in_channels=1), [x[None]], run,
+                      steps=UNLIMITED_STEPS if steps is None else steps,
+                      minutes=minutes if steps is None else None, progress=False, device="cpu")
+        trained = True
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    extra = {"steps": info.get("steps_done"), "run": str(run),
+             "train_seconds": time.perf_counter() - t0 if trained else info.get("seconds")}
+    return model, extra
+
+
 def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, seed: int, queue,
-           steps: int | None = None) -> None:
-    """Run one row in this fresh process; put ``(labels, seconds, extra, peak_rss_mb)`` or an error on ``queue``."""
+           steps: int | None = None, run: str | None = None) -> None:
+    """Run one row in this fresh process; put ``(labels, seconds, extra, peak_rss_mb)`` or an error on ``queue``.
+
+    A hyperseg row trains the setting's model in ``run`` (or loads it from there) and reports the training
+    time in ``extra["train_seconds"]`` and the segmentation time as ``seconds``.
+    """
     import resource
 
     try:
         x = np.load(volume_file)
         extra: dict = {}
         t0 = time.perf_counter()
-        if row == HYPERSEG:
-            from hyperseg.config import Config
+        if row in HYPERSEG_ROWS:
+            from bench_default import stage_config
             from hyperseg.data.io import Volume
             from hyperseg.pipeline import segment_volume
-            from hyperseg.train import UNLIMITED_STEPS, train
 
-            with tempfile.TemporaryDirectory(prefix="bench-mri-") as run:
-                model = train(Config().replace(in_channels=1), [x[None]], run,
-                              steps=UNLIMITED_STEPS if steps is None else steps,
-                              minutes=minutes if steps is None else None, progress=False, device="cpu")
-                extra["train_seconds"] = time.perf_counter() - t0
-                run_json = Path(run) / "run.json"
-                extra["steps"] = json.loads(run_json.read_text()).get("steps_done") if run_json.exists() else None
+            model, extra = train_or_load(x, Path(run), minutes, steps)
             model.eval()
+            model.cfg = stage_config(model.cfg, HYPERSEG_ROWS[row])
+            extra["config"] = HYPERSEG_ROWS[row]
+            t0 = time.perf_counter()
             seg = segment_volume(model, Volume(array=x[None], spacing=spacing), list(LEVELS), seed=seed)
             labels = {k: np.asarray(v, dtype=np.int64) for k, v in seg.labels.items()}
         else:
@@ -172,12 +210,14 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, se
         queue.put(("error", f"{type(err).__name__}: {err}", 0.0, {}, 0.0))
 
 
-def run_row(row: str, volume_file: str, spacing: tuple, minutes: float | None, steps: int | None, seed: int):
+def run_row(row: str, volume_file: str, spacing: tuple, minutes: float | None, steps: int | None, seed: int,
+            run: str | None = None):
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(row, volume_file, spacing, minutes, seed, q), kwargs={"steps": steps})
+    p = ctx.Process(target=_child, args=(row, volume_file, spacing, minutes, seed, q),
+                    kwargs={"steps": steps, "run": run})
     p.start()
     out = q.get()
     p.join()
@@ -267,10 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, nargs="+", default=[3, 6, 9], help="Rician sigma, %% of WM intensity")
     ap.add_argument("--bias", type=float, nargs="+", default=[0, 20, 40], help="bias field, %% peak to peak")
     ap.add_argument("--rows", nargs="+", default=None, help=f"rows to run (default all): {list(PEERS)} and "
-                    f"'{HYPERSEG}'")
+                    f"{list(HYPERSEG_ROWS)}")
     ap.add_argument("--hyperseg-grid", type=int, nargs="*", default=[2],
                     help="grids at which the hyperseg row runs (default 2)")
-    ap.add_argument("--minutes", type=float, default=3.0, help="hyperseg training budget per setting")
+    ap.add_argument("--minutes", type=float, default=10.0, help="hyperseg training budget per setting")
+    ap.add_argument("--runs", type=Path, default=None, metavar="DIR",
+                    help="keep each setting's trained model in DIR/{setting} and reuse it when there (default: a "
+                         "temporary folder, one model per setting shared by the hyperseg rows)")
     ap.add_argument("--steps", type=int, default=None,
                     help="train hyperseg for this many steps instead (no time limit): a budget that does not "
                          "depend on how shared the CPUs are")
@@ -282,10 +325,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
-    rows = args.rows or [*PEERS, HYPERSEG]
-    unknown = [r for r in rows if r not in PEERS and r != HYPERSEG]
+    rows = args.rows or [*PEERS, *HYPERSEG_ROWS]
+    unknown = [r for r in rows if r not in PEERS and r not in HYPERSEG_ROWS]
     if unknown:
-        raise SystemExit(f"bench_mri.py: unknown rows {unknown}; choose from {list(PEERS) + [HYPERSEG]}")
+        raise SystemExit(f"bench_mri.py: unknown rows {unknown}; choose from {list(PEERS) + list(HYPERSEG_ROWS)}")
 
     x, truth = load_colin(args.data, args.image)
     results = update(args.out, None)
@@ -295,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 for bias in args.bias:
                     key = f"{args.image} {grid}mm noise {noise:g}% bias {bias:g}%"
                     results = update(args.out, None)  # another run may have added rows
-                    todo = [r for r in rows if (r != HYPERSEG or grid in args.hyperseg_grid)
+                    todo = [r for r in rows if (r not in HYPERSEG_ROWS or grid in args.hyperseg_grid)
                             and r not in results["settings"].get(key, {}).get("rows", {})]
                     if not todo:
                         continue
@@ -304,15 +347,17 @@ def main(argv: list[str] | None = None) -> int:
                                "shape": list(img.shape), **info}
                     vol = str(Path(tmp) / "volume.npy")
                     np.save(vol, img)
+                    runs = args.runs if args.runs is not None else Path(tmp) / "runs"
+                    run = str(runs / key.replace(" ", "_").replace("%", "pct"))
                     for row in todo:
                         status, labels, seconds, extra, peak = run_row(row, vol, (float(grid),) * 3,
-                                                                       args.minutes, args.steps, args.seed)
+                                                                       args.minutes, args.steps, args.seed, run)
                         if status == "ok":
                             entry = {"dice": score(labels, t), "seconds": seconds, "peak_rss_mb": peak,
                                      "load_avg_1min": round(os.getloadavg()[0], 2), **extra}
                             if args.save_labels is not None:
                                 save_labels(args.save_labels / f"{key.replace(' ', '_')}.npz", row, labels, t)
-                            if row == HYPERSEG:
+                            if row in HYPERSEG_ROWS:
                                 entry.update({"train_minutes": args.minutes} if args.steps is None
                                              else {"train_steps": args.steps})
                         else:

@@ -292,11 +292,12 @@ def test_smooth_option_sets_the_embedding_smoothing(run, tmp_path, capsys):
 def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
     src = tmp_path / "a.npy"
     np.save(src, blob((12, 10, 8), 6))
-    assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-smooth", "2=4", "3=0") == 0
+    indep = ("--hierarchy", "independent")
+    assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-smooth", "2=4", "3=0", *indep) == 0
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a_k2.npy", "a_k3.npy"]
-    # each level is what a plain run with that level's sigma gives
+    # each independent level is what a plain run with that level's sigma gives
     for k, sigma in (("2", "4"), ("3", "0")):
-        assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--smooth", sigma) == 0
+        assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--smooth", sigma, *indep) == 0
         assert np.array_equal(np.load(tmp_path / "o" / f"a_k{k}.npy"), np.load(tmp_path / f"s{k}" / f"a_k{k}.npy"))
     assert segment(run, src, tmp_path / "n", "--level-smooth", "2=4", "--hierarchy", "divisive") == 2
     assert "level_smooth_sigma needs hierarchy 'independent'" in capsys.readouterr().err
@@ -307,14 +308,15 @@ def test_level_smooth_option_is_parsed_and_checked(run, tmp_path, capsys):
 def test_level_clustering_option_is_parsed_and_checked(run, tmp_path, capsys):
     src = tmp_path / "a.npy"
     np.save(src, blob((12, 10, 8), 6))
-    assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-clustering", "2=kmedians") == 0
-    # level 2 is what a plain k-medians run gives, level 3 what a plain k-means run gives
+    indep = ("--hierarchy", "independent")
+    assert segment(run, src, tmp_path / "o", "--levels", "2", "3", "--level-clustering", "2=kmedians", *indep) == 0
+    # independent levels: level 2 is what a plain k-medians run gives, level 3 what a plain k-means run gives
     for k, method in (("2", "kmedians"), ("3", "kmeans")):
-        assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--clustering", method) == 0
+        assert segment(run, src, tmp_path / f"s{k}", "--levels", k, "--clustering", method, *indep) == 0
         assert np.array_equal(np.load(tmp_path / "o" / f"a_k{k}.npy"), np.load(tmp_path / f"s{k}" / f"a_k{k}.npy"))
     # on this volume the two methods disagree at k = 2, and the default is k-medians there
-    assert segment(run, src, tmp_path / "m", "--levels", "2", "--clustering", "kmeans") == 0
-    assert segment(run, src, tmp_path / "d", "--levels", "2") == 0
+    assert segment(run, src, tmp_path / "m", "--levels", "2", "--clustering", "kmeans", *indep) == 0
+    assert segment(run, src, tmp_path / "d", "--levels", "2", *indep) == 0
     medians = np.load(tmp_path / "s2" / "a_k2.npy")
     assert not np.array_equal(np.load(tmp_path / "m" / "a_k2.npy"), medians)
     assert np.array_equal(np.load(tmp_path / "d" / "a_k2.npy"), medians)

@@ -58,7 +58,7 @@ def test_the_paper_preset_is_the_papers_configuration_on_top_of_the_defaults():
     assert paper.latent_dim != default.latent_dim and paper.smooth_sigma != default.smooth_sigma
     assert paper.steps == default.steps and paper.encoder_channels == default.encoder_channels
     assert Config.from_preset("paper", seed=3).seed == 3  # changes apply on top
-    with pytest.raises(ValueError, match="unknown preset 'papr'; choose one of paper"):
+    with pytest.raises(ValueError, match="unknown preset 'papr'; choose one of mri, paper"):
         Config.from_preset("papr")
 
 

@@ -77,7 +77,7 @@ def test_the_clustered_embedding_is_the_smoothed_field_of_encoder_means():
 def test_a_level_with_its_own_sigma_is_clustered_on_its_own_smoothed_field():
     torch.manual_seed(4)
     image = np.random.default_rng(4).standard_normal((1, 14, 12, 10)).astype(np.float32)
-    model = HyperVAE(Config(**TINY, smooth_sigma=1.0))
+    model = HyperVAE(Config(**TINY, smooth_sigma=1.0, hierarchy="independent"))
     plain = segment_array(model, image, levels=[2, 3])
     model.cfg = model.cfg.replace(smooth_sigma=3.0)
     coarse = segment_array(model, image, levels=[2])
@@ -100,7 +100,7 @@ def test_level_sigmas_are_validated():
 def test_a_level_with_its_own_clustering_method_uses_it_and_the_others_keep_theirs():
     torch.manual_seed(5)
     image = np.random.default_rng(5).standard_normal((1, 14, 12, 10)).astype(np.float32)
-    model = HyperVAE(Config(**TINY, level_clustering={}))
+    model = HyperVAE(Config(**TINY, level_clustering={}, hierarchy="independent"))
     plain = segment_array(model, image, levels=[2, 3])
     model.cfg = model.cfg.replace(clustering="kmedians")
     medians = segment_array(model, image, levels=[2])

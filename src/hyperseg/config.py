@@ -22,8 +22,17 @@ LIKELIHOODS = ("unit", "scale")
 CLUSTERINGS = ("kmeans", "mixture", "kmedians")
 #: How the Potts prior on a level's assignment is minimised (regularize.py).
 POTTS_METHODS = ("icm", "mean_field")
-#: How the levels relate: clustered one by one, or nested (cluster/hierarchy.py).
-HIERARCHIES = ("independent", "divisive", "agglomerative")
+#: How the levels relate: clustered one by one, nested (cluster/hierarchy.py), or every level above 2
+#: clustered inside the 2-cluster level's foreground (segment.py).
+HIERARCHIES = ("independent", "divisive", "agglomerative", "foreground")
+#: Levels cut from one k-means tree (cluster/hierarchy.py).
+TREE_HIERARCHIES = ("divisive", "agglomerative")
+#: How a level's assignment is refined (regularize.py): one pass of the clustering's log-likelihoods plus the
+#: intensity term, or hidden-MRF EM of a diagonal Gaussian per cluster on the embedding and the intensities.
+REFINE_METHODS = ("once", "hmrf_em")
+#: Where the foreground of hierarchy "foreground" comes from: the 2-cluster level of the embedding, or the
+#: automatic intensity mask of ANTs' get_mask (data/masks.py).
+FOREGROUNDS = ("split", "threshold")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 TRIPLET_DISTANCES = ("distance", "squared")
@@ -125,8 +134,16 @@ class Config:
     kmeans_n_init: int = 4
     kmeans_max_iter: int = 100
     kmeans_sample: int = 50000  # k-means is fitted on at most this many voxels, then applied to all
-    # "independent": k-means per level (paper); "divisive" / "agglomerative": nested levels (hierarchy.py)
-    hierarchy: str = "independent"
+    # "independent": each level clustered on its own (paper); "divisive" / "agglomerative": levels cut from one
+    # k-means tree (hierarchy.py); "foreground": the 2-cluster level splits foreground from background (the
+    # cluster holding most of the volume's border voxels) and every finer level K clusters K - 1 classes inside
+    # that foreground, background labelled 0, as Atropos and FAST cluster tissue inside a brain mask
+    # (segment.py). "foreground" chosen on validation volumes and Colin27 (BENCHMARKS.md)
+    hierarchy: str = "foreground"
+    # the foreground of hierarchy "foreground": "split", the 2-cluster level (the border cluster where it
+    # touches the border is background); "threshold", the automatic intensity mask of ANTs' get_mask
+    # (voxels above the mean, opened, largest component, holes filled: data/masks.py; the "mri" preset)
+    foreground: str = "split"
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -143,15 +160,23 @@ class Config:
     level_clustering: dict[int, str] = field(default_factory=lambda: {2: "kmedians"})
     # weight w of each voxel's own normalised intensities next to its embedding: a Gaussian per cluster on
     # the channels (fitted on the clustering's labels) adds w x its log-likelihood to the clustering's own
-    # (regularize.py), and each voxel takes the most likely cluster; 0 = off (independent levels only).
+    # (regularize.py), and each voxel takes the most likely cluster; 0 = off. Tree hierarchies (divisive,
+    # agglomerative) do not apply it or potts_beta, and refuse values other than 0 and the default.
     # Validation Dice per weight: benchmarks/results/segment_options_simple_val.json
-    intensity_weight: float = 0.0
+    intensity_weight: float = 6.0
     # Potts prior on the clustering's log-likelihoods (and the intensity term): coupling in nats per
-    # disagreeing 6-neighbour, 0 = off (independent levels only); potts_method: "icm" or "mean_field",
+    # disagreeing 6-neighbour, 0 = off (not with tree hierarchies); potts_method: "icm" or "mean_field",
     # potts_iter: its sweeps (regularize.py, potts.py)
-    potts_beta: float = 0.0
+    potts_beta: float = 4.0
     potts_method: str = "mean_field"
     potts_iter: int = 5
+    # "once": the clustering's log-likelihoods + intensity term, one Potts pass (default); "hmrf_em": hidden-MRF
+    # EM from the clustering's labels of a diagonal Gaussian per cluster on the standardised tangent
+    # coordinates log_0(x) (weight embedding_weight) and on the intensities (weight intensity_weight), the E
+    # step mean field with potts_beta, refine_iter iterations (regularize.py; the "mri" preset)
+    refine: str = "once"
+    embedding_weight: float = 1.0
+    refine_iter: int = 8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -219,9 +244,9 @@ class Config:
              and all(isinstance(k, int) and k >= 1 and v >= 0 for k, v in self.level_smooth_sigma.items()),
              f"level_smooth_sigma must map numbers of clusters (>= 1) to sigmas (>= 0), "
              f"got {self.level_smooth_sigma!r}")
-        need(not self.level_smooth_sigma or self.hierarchy == "independent",
-             "level_smooth_sigma needs hierarchy 'independent': nested levels are cut from one "
-             "embedding field; use smooth_sigma instead")
+        need(not self.level_smooth_sigma or self.hierarchy not in TREE_HIERARCHIES,
+             f"level_smooth_sigma needs hierarchy 'independent' or 'foreground': {self.hierarchy!r} levels are cut "
+             "from one embedding field; use smooth_sigma instead")
         need(self.clustering in CLUSTERINGS,
              f"clustering must be one of {', '.join(CLUSTERINGS)}, got {self.clustering!r}")
         need(isinstance(self.level_clustering, dict)
@@ -231,11 +256,11 @@ class Config:
         # nested levels are cut from one k-means tree: refuse a method they would not apply (the field's
         # default level_clustering is allowed and documented as not applied, so that "hierarchy: divisive" alone works)
         default_levels = next(f for f in fields(self) if f.name == "level_clustering").default_factory()
-        need(self.hierarchy == "independent" or (self.clustering == "kmeans" and (
+        need(self.hierarchy not in TREE_HIERARCHIES or (self.clustering == "kmeans" and (
              self.level_clustering == default_levels or set(self.level_clustering.values()) <= {"kmeans"})),
              f"hierarchy {self.hierarchy!r} cuts every level from one k-means tree, so clustering "
              f"{self.clustering!r} with level_clustering {self.level_clustering!r} cannot apply; use hierarchy "
-             "'independent' for per-level methods, or clustering 'kmeans' with level_clustering {}")
+             "'independent' or 'foreground' for per-level methods, or clustering 'kmeans' with level_clustering {}")
 
         need(self.intensity_weight >= 0, f"intensity_weight must be >= 0 (0 = off), got {self.intensity_weight}")
         need(self.potts_beta >= 0, f"potts_beta must be >= 0 (0 = off), got {self.potts_beta}")
@@ -243,9 +268,26 @@ class Config:
              f"potts_method must be one of {', '.join(POTTS_METHODS)}, got {self.potts_method!r}")
         need(isinstance(self.potts_iter, int) and self.potts_iter >= 1, f"potts_iter must be an integer >= 1, "
              f"got {self.potts_iter!r}")
-        need(self.hierarchy == "independent" or (self.potts_beta == 0 and self.intensity_weight == 0),
-             f"potts_beta and intensity_weight need hierarchy 'independent' (they refine each level's own "
-             f"clustering), got hierarchy {self.hierarchy!r}; set them to 0 or use hierarchy 'independent'")
+        # a k-means tree refines nothing: the defaults of the refinement fields are allowed and not applied (as
+        # level_clustering's), any other non-zero value is refused
+        defaults = Config.__dataclass_fields__
+        unapplied = all(getattr(self, name) in (0, defaults[name].default)
+                        for name in ("potts_beta", "intensity_weight"))
+        need(self.hierarchy not in TREE_HIERARCHIES or unapplied,
+             f"potts_beta and intensity_weight need hierarchy 'independent' or 'foreground' (they refine each "
+             f"level's own clustering), got hierarchy {self.hierarchy!r}; set them to 0 or use another hierarchy")
+        need(self.foreground in FOREGROUNDS,
+             f"foreground must be one of {', '.join(FOREGROUNDS)}, got {self.foreground!r}")
+        need(self.refine in REFINE_METHODS, f"refine must be one of {', '.join(REFINE_METHODS)}, got {self.refine!r}")
+        need(self.embedding_weight >= 0, f"embedding_weight must be >= 0 (0 = intensities only), "
+             f"got {self.embedding_weight}")
+        need(isinstance(self.refine_iter, int) and self.refine_iter >= 1,
+             f"refine_iter must be an integer >= 1, got {self.refine_iter!r}")
+        need(self.refine != "hmrf_em" or self.hierarchy not in TREE_HIERARCHIES,
+             f"refine 'hmrf_em' refines each level's own clustering; it needs hierarchy 'independent' or "
+             f"'foreground', got {self.hierarchy!r}")
+        need(self.refine != "hmrf_em" or self.embedding_weight + self.intensity_weight > 0,
+             "refine 'hmrf_em' needs embedding_weight or intensity_weight above 0")
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -31,6 +31,25 @@ log-likelihood, times a weight ``w``, is added to ``L`` before the Potts step
 (or the ``argmax``). A 5^3 patch and the smoothing blur a one- or two-voxel
 structure into its neighbours' cluster; its own intensity can take it back.
 Validation Dice of each setting: ``benchmarks/results/segment_options_simple_val.json``.
+
+:func:`hmrf_em` is the other refinement (``Config.refine = "hmrf_em"``): from
+the clustering's labels, hidden-MRF EM (Zhang, Brady & Smith 2001, as FSL FAST
+runs it on intensity) of one diagonal Gaussian per cluster on two blocks of
+features, the standardised tangent coordinates ``u_i = log_0(x_i)`` of the
+embedding and the voxel's normalised intensities ``v_i``:
+
+    ``L[i, k] = w_e * log N(u_i; mu_k, diag s_k) + w_v * log N(v_i; nu_k, diag t_k)``,
+
+E step the Potts mean field on ``L``, M step the responsibility-weighted means
+and variances. Unlike the one-pass refinement the intensity model is
+re-fitted, so a clustering of the embedding that does not follow a tissue
+boundary can move to it; ``w_e`` says how far the embedding holds it back.
+
+:func:`foreground_of` reads the foreground of a two-cluster level for
+``Config.hierarchy = "foreground"``: background is the cluster holding most of
+the voxels on the volume's six faces (:func:`border_cluster`), and only where
+it is connected to the border (holes of the foreground, such as the
+ventricles of a brain, are filled).
 """
 from __future__ import annotations
 
@@ -41,7 +60,8 @@ from .config import POTTS_METHODS
 from .geometry.poincare import pairwise_dist
 from .potts import icm, mean_field
 
-__all__ = ["POTTS_METHODS", "class_loglik", "intensity_loglik", "potts_labels"]
+__all__ = ["POTTS_METHODS", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
+           "intensity_loglik", "potts_labels", "tangent_features"]
 
 #: Smallest fitted spread (``s^2`` or ``b``), in squared / plain distance units: a level whose
 #: points all sit on their centres keeps finite log-likelihoods.
@@ -95,13 +115,34 @@ def class_loglik(points: np.ndarray, labels: np.ndarray, centres: np.ndarray, me
     return -(r ** 2) / (2.0 * s2)
 
 
-def potts_labels(loglik: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int], beta: float,
-                 method: str = "mean_field", n_iter: int = 5) -> np.ndarray:
-    """Labels ``(N,)`` int64 of the Potts energy on the grid ``shape`` (``N = D * H * W``, C order).
+def _on_grid(values: np.ndarray, mask: np.ndarray | None, n: int) -> np.ndarray:
+    """``(M, K)`` rows of the voxels of ``mask`` (``(N,)`` bool, M true) -> ``(K, N)``, zero outside."""
+    if mask is None:
+        return values.T
+    full = np.zeros((values.shape[1], n), dtype=np.float64)
+    full[:, mask] = values.T
+    return full
 
-    ``loglik`` ``(N, K)`` (:func:`class_loglik`); ``labels`` ``(N,)`` the
-    clustering's, the start of ICM. ``method``: ``"icm"``
-    (:func:`hyperseg.potts.icm`, ``n_iter`` sweeps at most) or
+
+def _grid_mask(mask: np.ndarray | None, shape: tuple[int, int, int], m: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mk = np.asarray(mask, dtype=bool).reshape(-1)
+    if mk.size != int(np.prod(shape)) or int(mk.sum()) != m:
+        raise ValueError(f"regularize: mask must be (N,) bool on the grid {shape} with one true voxel per row "
+                         f"({m}), got {mk.size} voxels with {int(mk.sum())} true")
+    return mk
+
+
+def potts_labels(loglik: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int], beta: float,
+                 method: str = "mean_field", n_iter: int = 5, mask: np.ndarray | None = None) -> np.ndarray:
+    """Labels ``(M,)`` int64 of the Potts energy on the grid ``shape`` (C order).
+
+    ``loglik`` ``(M, K)`` (:func:`class_loglik`); ``labels`` ``(M,)`` the
+    clustering's, the start of ICM. ``M = D * H * W``, or with ``mask``
+    (``(D * H * W,)`` bool) the voxels of the mask: the prior then couples
+    only neighbours that are both inside (:mod:`hyperseg.potts`). ``method``:
+    ``"icm"`` (:func:`hyperseg.potts.icm`, ``n_iter`` sweeps at most) or
     ``"mean_field"`` (:func:`hyperseg.potts.mean_field` from the posteriors
     without the prior, ``n_iter`` sweeps, then ``argmax``). ``beta = 0``
     returns ``labels`` unchanged.
@@ -113,17 +154,22 @@ def potts_labels(loglik: np.ndarray, labels: np.ndarray, shape: tuple[int, int, 
     lab = np.asarray(labels, dtype=np.int64)
     L = np.asarray(loglik, dtype=np.float64)
     n = int(np.prod(shape))
-    if L.ndim != 2 or L.shape[0] != n or lab.shape != (n,):
-        raise ValueError(f"regularize: loglik (N, K) and labels (N,) must have N = {n} voxels for grid {shape}, "
+    mk = _grid_mask(mask, shape, len(L))
+    m = n if mk is None else int(mk.sum())
+    if L.ndim != 2 or L.shape[0] != m or lab.shape != (m,):
+        raise ValueError(f"regularize: loglik (M, K) and labels (M,) must have M = {m} voxels for grid {shape}, "
                          f"got {L.shape} and {lab.shape}")
     if beta == 0:
         return lab
-    grid = L.T.reshape((L.shape[1],) + tuple(shape))
+    grid = _on_grid(L, mk, n).reshape((L.shape[1],) + tuple(shape))
+    m3 = None if mk is None else mk.reshape(shape)
     if method == "icm":
-        out = icm(grid, beta, labels=lab.reshape(shape), n_iter=n_iter)
+        start = lab if mk is None else _on_grid(lab[:, None].astype(np.float64), mk, n)[0].astype(np.int64)
+        out = icm(grid, beta, labels=start.reshape(shape), mask=m3, n_iter=n_iter)
     else:
-        out = mean_field(grid, beta, n_iter=n_iter).argmax(0)
-    return out.reshape(-1).astype(np.int64)
+        out = mean_field(grid, beta, mask=m3, n_iter=n_iter).argmax(0)
+    out = out.reshape(-1).astype(np.int64)
+    return out if mk is None else out[mk]
 
 
 def intensity_loglik(values: np.ndarray, labels: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -153,3 +199,98 @@ def intensity_loglik(values: np.ndarray, labels: np.ndarray, n_clusters: int) ->
         var = np.maximum(member.var(0), MIN_INTENSITY_VARIANCE)
         out[:, k] = (-0.5 * (np.log(2 * np.pi * var) + (x - mu) ** 2 / var)).sum(1)
     return out
+
+
+def border_cluster(labels: np.ndarray, shape: tuple[int, int, int]) -> int:
+    """The label holding most voxels of the volume's six faces (ties: the lower label).
+
+    ``labels`` ``(D * H * W,)`` (or ``(D, H, W)``) ints >= 0. Background, in a
+    brain or a cell, surrounds the object and touches the border; the
+    foreground of a volume filled edge to edge has no border cluster to
+    find and gets this one arbitrarily.
+    """
+    lab = np.asarray(labels, dtype=np.int64).reshape(shape)
+    faces = np.concatenate([f.ravel() for f in (lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0],
+                                                 lab[:, :, -1])])
+    return int(np.bincount(faces).argmax())
+
+
+def foreground_of(labels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Foreground ``(D * H * W,)`` bool of a two-cluster level ``labels`` ``(D * H * W,)``: every voxel but those of
+    :func:`border_cluster` connected (6-neighbours) to the volume's border; holes are filled."""
+    from scipy import ndimage as ndi
+
+    lab = np.asarray(labels, dtype=np.int64).reshape(shape)
+    fg = ndi.binary_fill_holes(lab != border_cluster(lab, shape))
+    return fg.reshape(-1)
+
+
+def tangent_features(points: np.ndarray, latent: str = "hyperbolic", c: float = 1.0) -> np.ndarray:
+    """Standardised features ``(N, dim)`` of points ``(N, dim)``: ``log_0(x)`` for the ball (the point itself
+    for the Euclidean latent), then each coordinate to mean 0 and standard deviation 1 (a constant coordinate
+    is only centred)."""
+    from .geometry.poincare import logmap0
+
+    X = np.asarray(points, dtype=np.float64)
+    U = logmap0(torch.from_numpy(X), c=c).numpy() if latent == "hyperbolic" else X
+    sd = U.std(0)
+    return (U - U.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
+def diagonal_gaussian_loglik(features: np.ndarray, resp: np.ndarray) -> np.ndarray:
+    """``(N, K)`` log-densities of features ``(N, P)`` under the diagonal Gaussian of each cluster, fitted by
+    the responsibilities ``resp`` ``(K, N)`` (weighted means and variances, each variance at least
+    :data:`MIN_INTENSITY_VARIANCE`; a cluster with no weight takes every voxel's)."""
+    F = np.asarray(features, dtype=np.float64)
+    q = np.asarray(resp, dtype=np.float64)
+    tot = q.sum(1, keepdims=True)
+    q = np.where(tot > 1e-12, q, 1.0)
+    w = q / q.sum(1, keepdims=True)
+    mu = w @ F  # (K, P)
+    var = np.maximum(w @ (F ** 2) - mu ** 2, MIN_INTENSITY_VARIANCE)
+    out = np.zeros((len(F), len(mu)), dtype=np.float64)
+    for j in range(F.shape[1]):  # one feature at a time: (N, K) memory, not (N, K, P)
+        out -= 0.5 * (np.log(2 * np.pi * var[:, j])[None] + (F[:, j:j + 1] - mu[None, :, j]) ** 2 / var[None, :, j])
+    return out
+
+
+def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,
+            shape: tuple[int, int, int], beta: float, embedding_weight: float = 1.0,
+            intensity_weight: float = 1.0, n_iter: int = 8, mf_iter: int = 2, latent: str = "hyperbolic",
+            c: float = 1.0, mask: np.ndarray | None = None) -> np.ndarray:
+    """Hidden-MRF EM on embedding and intensities from ``labels`` (module docstring); labels ``(M,)`` int64.
+
+    ``points`` ``(M, dim)``, ``values`` ``(M, C)`` the normalised intensities (or ``None`` with
+    ``intensity_weight = 0``), ``labels`` ``(M,)`` in ``0..n_clusters-1`` the start; ``M`` voxels of the grid
+    ``shape``, all of them or those of ``mask`` (``(D * H * W,)`` bool). ``n_iter`` EM iterations, each with
+    ``mf_iter`` mean-field sweeps of the Potts prior ``beta`` from the posteriors without it; the labels are
+    the last posteriors' ``argmax``. Cluster numbers keep the start's meaning (a cluster is never renumbered).
+    """
+    lab = np.asarray(labels, dtype=np.int64)
+    M, K = len(lab), int(n_clusters)
+    n = int(np.prod(shape))
+    mk = _grid_mask(mask, shape, M)
+    if mk is None and M != n:
+        raise ValueError(f"regularize: {M} labels for grid {shape} ({n} voxels); give a mask or one per voxel")
+    if beta < 0 or embedding_weight < 0 or intensity_weight < 0:
+        raise ValueError("regularize: beta and the weights must be >= 0")
+    blocks = []
+    if embedding_weight > 0:
+        blocks.append((embedding_weight, tangent_features(points, latent, c)))
+    if intensity_weight > 0:
+        if values is None:
+            raise ValueError("regularize: intensity_weight > 0 needs the intensities; pass values=")
+        v = np.asarray(values, dtype=np.float64)
+        blocks.append((intensity_weight, (v[:, None] if v.ndim == 1 else v)))
+    if not blocks:
+        raise ValueError("regularize: hmrf_em needs embedding_weight or intensity_weight above 0")
+    m3 = None if mk is None else mk.reshape(shape)
+    q = np.eye(K)[lab].T  # (K, M) responsibilities of the start
+    for _ in range(n_iter):
+        L = sum(w * diagonal_gaussian_loglik(F, q) for w, F in blocks)  # (M, K)
+        grid = _on_grid(L, mk, n).reshape((K,) + tuple(shape))
+        # each E step starts from the posteriors without the prior: started from the previous (one-hot at
+        # first) posteriors, the prior holds the start's partition and the EM cannot leave it
+        qg = mean_field(grid, beta, mask=m3, n_iter=mf_iter).reshape(K, -1)
+        q = qg if mk is None else qg[:, mk]
+    return q.argmax(0).astype(np.int64)

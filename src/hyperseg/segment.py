@@ -1,7 +1,7 @@
 """From voxel embeddings to label maps, one per requested number of clusters.
 
 Each volume is clustered on its own (the paper's protocol): hyperbolic
-k-means on the ball embeddings (Euclidean k-means for the Euclidean latent),
+k-means (k-medians at 2 clusters) on the ball embeddings (Euclidean k-means for the Euclidean latent),
 fitted on at most ``kmeans_sample`` voxels drawn at random and then applied
 to every voxel. Labels are renumbered so that cluster 0 has the centroid
 nearest the origin and so on outward, which makes label maps of different
@@ -14,15 +14,25 @@ neighbourhood, :mod:`hyperseg.smooth`; 0 turns it off, as in the paper).
 ``Config.level_smooth_sigma`` gives some levels (by number of clusters) their
 own sigma.
 
-With ``Config.intensity_weight`` or ``Config.potts_beta`` above 0, each
-level's clustering is then refined (:func:`regularise_level`,
-:mod:`hyperseg.regularize`): the clustering's per-cluster log-likelihoods plus
-the weighted log-likelihood of each voxel's own normalised intensities under a
-Gaussian per cluster, then a Potts prior over the 6-neighbours (mean field or
-ICM). Both are 0 by default (independent levels only).
+The default hierarchy, ``"foreground"`` (:func:`refined_levels`), first
+splits the volume in two and takes the cluster holding most of the border
+voxels as background (label 0); every finer level ``K`` is ``K - 1``
+clusters of the foreground voxels only, as Atropos and FAST cluster tissue
+inside a brain mask, instead of spending clusters on the background and its
+noise. ``"independent"`` (the paper) clusters every level over the whole
+volume.
+
+With ``Config.intensity_weight`` or ``Config.potts_beta`` above 0 (the
+default: 6 and 4), each level's clustering is then refined
+(:func:`regularise_level`, :mod:`hyperseg.regularize`): the clustering's
+per-cluster log-likelihoods plus the weighted log-likelihood of each voxel's
+own normalised intensities under a Gaussian per cluster, then a Potts prior
+over the 6-neighbours (mean field or ICM), inside the foreground for its
+levels. ``Config.refine = "hmrf_em"`` replaces that one pass by hidden-MRF EM
+on the embedding and the intensities (the ``mri`` preset).
 
 With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
-levels are nested instead (:mod:`hyperseg.cluster.hierarchy`): every cluster of a
+levels are cut from one k-means tree instead (:mod:`hyperseg.cluster.hierarchy`): every cluster of a
 finer level lies inside one cluster of each coarser level. Nested levels are
 all cut from k-means, so they override ``Config.level_clustering``: its default
 (k-medians at 2 clusters) is not applied to them, and ``Config.validate``
@@ -36,11 +46,12 @@ import numpy as np
 import torch
 
 from .cluster import NestedClustering, make_clusterer
-from .config import Config
+from .config import TREE_HIERARCHIES, Config
+from .data.masks import auto_mask
 from .data.preprocess import normalize_for
 from .embed import embed_volume
 from .model import HyperVAE
-from .regularize import class_loglik, intensity_loglik, potts_labels
+from .regularize import class_loglik, foreground_of, hmrf_em, intensity_loglik, potts_labels
 from .smooth import smooth_embedding
 
 
@@ -105,17 +116,24 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
 
 
 def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tuple[int, int, int],
-                     intensities: np.ndarray | None = None) -> np.ndarray:
-    """A level's labels ``(N,)`` after the intensity term and the Potts prior of ``cfg`` (:mod:`hyperseg.regularize`).
+                     intensities: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    """A level's labels ``(M,)`` after the intensity term and the Potts prior of ``cfg`` (:mod:`hyperseg.regularize`).
 
-    ``L = class_loglik(points) + cfg.intensity_weight * intensity_loglik(intensities)`` ``(N, K)``
-    (``intensities`` ``(N, C)``, the normalised channels), then
-    :func:`~hyperseg.regularize.potts_labels` with ``cfg.potts_beta`` on the grid ``shape``, or
-    ``argmax_k L`` when ``potts_beta`` is 0. Both off: ``fit.labels`` unchanged.
+    ``points`` ``(M, d)`` and ``intensities`` ``(M, C)`` (the normalised channels) are the voxels of the grid
+    ``shape``: all of them, or those of ``mask`` (``(D * H * W,)`` bool), the only voxels the prior then
+    couples. ``cfg.refine == "once"``:
+    ``L = class_loglik(points) + cfg.intensity_weight * intensity_loglik(intensities)`` ``(M, K)``, then
+    :func:`~hyperseg.regularize.potts_labels` with ``cfg.potts_beta``, or ``argmax_k L`` when ``potts_beta``
+    is 0; both off: ``fit.labels`` unchanged. ``cfg.refine == "hmrf_em"``:
+    :func:`~hyperseg.regularize.hmrf_em` from ``fit.labels``.
     """
+    K = len(fit.centres)
+    if cfg.refine == "hmrf_em":
+        return hmrf_em(points, intensities, fit.labels, K, shape, cfg.potts_beta,
+                       embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
+                       n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask)
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
         return fit.labels
-    K = len(fit.centres)
     L = class_loglik(points, fit.labels, fit.centres, fit.method, latent=cfg.latent, c=cfg.c,
                      estimator=fit.estimator, order=fit.order)
     if cfg.intensity_weight > 0:
@@ -124,25 +142,106 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
         L = L + cfg.intensity_weight * intensity_loglik(intensities, fit.labels, K)
     if cfg.potts_beta == 0:
         return L.argmax(1).astype(np.int64)
-    return potts_labels(L, fit.labels, shape, cfg.potts_beta, method=cfg.potts_method, n_iter=cfg.potts_iter)
+    return potts_labels(L, fit.labels, shape, cfg.potts_beta, method=cfg.potts_method, n_iter=cfg.potts_iter,
+                        mask=mask)
+
+
+def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config,
+                   shape: tuple[int, int, int], seed: int = 0,
+                   foreground: np.ndarray | None = None) -> dict[int, np.ndarray]:
+    """Labels ``{K: (N,) int64}``: each level clustered on its own field and refined (:func:`regularise_level`).
+
+    ``fields`` ``{K: (N, d)}``: the points each level is clustered on (its smoothing); ``values`` ``(N, C)`` the
+    normalised intensities; ``N = D * H * W`` of ``shape``. With ``cfg.hierarchy == "independent"`` every level
+    is clustered and refined over the whole grid. With ``"foreground"`` the 2-cluster level is (computed on
+    ``fields[2]`` if given, else on the smallest level's field) and its background is the cluster
+    :func:`~hyperseg.regularize.foreground_of` leaves (the border cluster where it touches the border),
+    labelled 0, the foreground 1; a level ``K > 2`` is
+    ``K - 1`` clusters of the foreground voxels, labelled ``1..K-1`` (0 outside), refined with the prior
+    inside the foreground only; ``K = 1`` is all 0. ``foreground`` ``(N,)`` bool, when given, is the
+    foreground instead of the 2-cluster level's (``Config.foreground = "threshold"``).
+    """
+    ks = list(fields)
+    N = int(np.prod(shape))
+    if cfg.hierarchy != "foreground":
+        return {k: regularise_level(fields[k], fit_level(fields[k], k, cfg, seed=seed), cfg, shape, values)
+                for k in ks}
+    if foreground is None:
+        base = fields[2] if 2 in fields else fields[min(ks)]
+        fg = foreground_of(regularise_level(base, fit_level(base, 2, cfg, seed=seed), cfg, shape, values), shape)
+    else:
+        fg = np.asarray(foreground, dtype=bool).reshape(-1)
+    out: dict[int, np.ndarray] = {}
+    for k in ks:
+        lab = np.zeros(N, dtype=np.int64)
+        if k == 2:
+            lab[fg] = 1
+        elif k > 2:
+            if int(fg.sum()) < k - 1:
+                raise ValueError(f"segment: the foreground holds {int(fg.sum())} voxel(s), fewer than the {k - 1} "
+                                 "clusters asked for inside it; ask for fewer clusters or use hierarchy 'independent'")
+            pts = fields[k][fg]
+            lab[fg] = regularise_level(pts, fit_level(pts, k - 1, cfg, seed=seed), cfg, shape, values[fg],
+                                       mask=fg) + 1
+        out[k] = lab
+    return out
 
 
 def cluster_levels(points: np.ndarray, levels, cfg: Config, seed: int = 0) -> dict[int, np.ndarray]:
     """Labels ``{K: (N,) int64}`` of points ``(N, d)`` for each number of clusters in ``levels``.
 
     ``cfg.hierarchy`` chooses independent levels (the paper; each by
-    :func:`cluster_points`, with its own method from ``cfg.level_clustering``)
-    or nested levels (:class:`hyperseg.cluster.NestedClustering`), which are
+    :func:`cluster_points`, with its own method from ``cfg.level_clustering``; ``"foreground"``, which needs
+    the grid, is :func:`refined_levels`) or nested levels (:class:`hyperseg.cluster.NestedClustering`), which are
     k-means at every level and so override ``cfg.level_clustering``
     (``Config.validate`` refuses a non-default setting that is not k-means).
     A single distinct level is always clustered independently.
     """
     ks = [int(k) for k in levels]
-    if cfg.hierarchy == "independent" or len(set(ks)) < 2:
+    if cfg.hierarchy not in TREE_HIERARCHIES or len(set(ks)) < 2:
         return {k: cluster_points(points, k, cfg, seed=seed) for k in ks}
     nested = NestedClustering(ks, method=cfg.hierarchy, latent=cfg.latent, c=cfg.c, n_init=cfg.kmeans_n_init,
                               max_iter=cfg.kmeans_max_iter, sample_size=cfg.kmeans_sample or None, seed=seed)
     return nested.fit_predict(points)
+
+
+def segment_embedding(
+    cfg: Config,
+    emb: np.ndarray | torch.Tensor,
+    x: np.ndarray,
+    levels: list[int] | tuple[int, ...],
+    seed: int = 0,
+    array: np.ndarray | None = None,
+) -> Segmentation:
+    """Label maps of one volume from its encoder means: the segmentation stage of ``cfg`` after the encoder.
+
+    ``emb`` ``(D, H, W, d)``: the encoder means of every voxel; ``x`` ``(C, D, H, W)``: the normalised
+    intensities the encoder saw; ``array`` ``(C, D, H, W)``: the raw intensities, read only by
+    ``Config.foreground = "threshold"`` (default: ``x``). One embedding can so be segmented with several
+    configurations (``benchmarks/bench_default.py``).
+    """
+    points = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)  # (D, H, W, d) float64
+    flat = points.reshape(-1, points.shape[-1])
+    ks = list(dict.fromkeys(int(k) for k in levels))
+    if cfg.hierarchy in TREE_HIERARCHIES:
+        maps = cluster_levels(flat, ks, cfg, seed=seed)
+    else:
+        # each level on its own field (level_smooth_sigma), then refined (regularise_level)
+        by_sigma = {cfg.smooth_sigma: flat}
+        split = cfg.hierarchy == "foreground" and cfg.foreground == "split"
+        wanted = set(ks) | ({2} if split else set())
+        for sigma in {cfg.level_smooth_sigma.get(k, cfg.smooth_sigma) for k in wanted} - set(by_sigma):
+            by_sigma[sigma] = smooth_embedding(emb, sigma, latent=cfg.latent, c=cfg.c).reshape(flat.shape)
+        fields = {k: by_sigma[cfg.level_smooth_sigma.get(k, cfg.smooth_sigma)] for k in sorted(wanted)}
+        values = x.reshape(x.shape[0], -1).T  # (N, C) normalised intensities
+        fg = None
+        if cfg.hierarchy == "foreground" and cfg.foreground == "threshold":
+            raw = x if array is None else array
+            fg = auto_mask(np.asarray(raw, dtype=np.float64).mean(0)).reshape(-1)
+        maps = refined_levels(fields, values, cfg, points.shape[:-1], seed=seed, foreground=fg)
+        maps = {k: maps[k] for k in ks}
+    labels = {k: lab.reshape(points.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
+    return Segmentation(labels=labels, embedding=points.astype(np.float32))
 
 
 def segment_array(
@@ -153,24 +252,8 @@ def segment_array(
     progress: bool = False,
     mask: np.ndarray | None = None,
 ) -> Segmentation:
-    """Segment one volume ``(C, D, H, W)`` (raw intensities) at each number of clusters."""
-    cfg = model.cfg
-    x = normalize_for(cfg, array, mask)  # mask: optional boolean (D, H, W) foreground
+    """Segment one volume ``(C, D, H, W)`` (raw intensities) at each number of clusters: normalise, embed
+    every voxel (:func:`hyperseg.embed.embed_volume`), then :func:`segment_embedding`."""
+    x = normalize_for(model.cfg, array, mask)  # mask: optional boolean (D, H, W) foreground
     emb = embed_volume(model, torch.from_numpy(x), progress=progress)
-    points = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)  # (D, H, W, d) float64
-    flat = points.reshape(-1, points.shape[-1])
-    ks = [int(k) for k in levels]
-    if cfg.level_smooth_sigma or cfg.potts_beta > 0 or cfg.intensity_weight > 0:
-        # only with independent levels (validated): each level on its own field, then regularised
-        fields = {cfg.smooth_sigma: flat}
-        for sigma in {cfg.level_smooth_sigma.get(k, cfg.smooth_sigma) for k in ks} - set(fields):
-            fields[sigma] = smooth_embedding(emb, sigma, latent=cfg.latent, c=cfg.c).reshape(flat.shape)
-        values = x.reshape(x.shape[0], -1).T  # (N, C) normalised intensities
-        maps = {}
-        for k in ks:
-            field = fields[cfg.level_smooth_sigma.get(k, cfg.smooth_sigma)]
-            maps[k] = regularise_level(field, fit_level(field, k, cfg, seed=seed), cfg, points.shape[:-1], values)
-    else:
-        maps = cluster_levels(flat, ks, cfg, seed=seed)
-    labels = {k: lab.reshape(points.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
-    return Segmentation(labels=labels, embedding=points.astype(np.float32))
+    return segment_embedding(model.cfg, emb, x, levels, seed=seed, array=array)

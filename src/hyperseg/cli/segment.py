@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import CLUSTERINGS, HIERARCHIES, Config
+from ..config import CLUSTERINGS, HIERARCHIES, POTTS_METHODS, REFINE_METHODS, TREE_HIERARCHIES, Config
 from .common import OUTPUT_FORMAT_CHOICES, USER_ERRORS, UserError, add_common, add_nan_policy
 
 if TYPE_CHECKING:  # imported where used: building the parser must not import torch
@@ -59,7 +59,9 @@ MAX_MESSAGE = 400
 #: The :class:`Config` field each segmentation option sets (``Config.validate`` checks them).
 OPTION_FIELDS = {"levels": "levels", "patch_edge": "embed_patch_edge", "hierarchy": "hierarchy",
                  "clustering": "clustering", "smooth": "smooth_sigma", "level_smooth": "level_smooth_sigma",
-                 "level_clustering": "level_clustering"}
+                 "level_clustering": "level_clustering", "intensity_weight": "intensity_weight",
+                 "potts_beta": "potts_beta", "potts_method": "potts_method", "refine": "refine",
+                 "embedding_weight": "embedding_weight"}
 
 
 def _level_value(kind: str, example: str, convert):
@@ -95,8 +97,10 @@ def add_parser(sub) -> None:
                    help="edge of the patch embedded around each voxel (default: the configuration's, 5)")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--hierarchy", choices=list(HIERARCHIES),
-                   help="independent k-means per level (the paper; default), or nested levels: every cluster "
-                        "of a finer level inside one of each coarser level")
+                   help="how the levels relate: 'foreground' (the default of new runs) splits foreground from "
+                        "background at 2 clusters and clusters every finer level inside the foreground; "
+                        "'independent' clusters each level on its own (the paper); 'divisive' / 'agglomerative' "
+                        "cut every level from one k-means tree (no intensity term or Potts prior)")
     p.add_argument("--clustering", choices=list(CLUSTERINGS),
                    help="one method for every level: hyperbolic k-means (the paper), a mixture with a scale "
                         "per cluster, or k-medians (geometric-median centroids: large regions are not outvoted "
@@ -111,6 +115,19 @@ def add_parser(sub) -> None:
                    metavar="K=METHOD",
                    help="a clustering method for the level with K clusters, e.g. 2=kmedians (overrides "
                         "--clustering for that level; independent levels only)")
+    p.add_argument("--intensity-weight", type=float, metavar="W",
+                   help="weight of each voxel's own intensities next to its embedding (0 = off; default: the "
+                        "configuration's, 6 for new runs)")
+    p.add_argument("--potts-beta", type=float, metavar="BETA",
+                   help="Potts prior coupling per disagreeing 6-neighbour pair (0 = off; default: the "
+                        "configuration's, 4 for new runs)")
+    p.add_argument("--potts-method", choices=list(POTTS_METHODS), help="how the Potts prior is applied")
+    p.add_argument("--refine", choices=list(REFINE_METHODS),
+                   help="'once': the clustering's log-likelihoods plus the intensity term, one Potts pass; "
+                        "'hmrf_em': hidden-MRF EM of a Gaussian per cluster on embedding and intensities "
+                        "(the 'mri' preset)")
+    p.add_argument("--embedding-weight", type=float, metavar="W",
+                   help="weight of the embedding in --refine hmrf_em (0 = intensities only)")
     p.add_argument("--output-format", type=_format_name, choices=OUTPUT_FORMAT_CHOICES, metavar="FORMAT",
                    help="format of the label maps, one of %(choices)s (default: the input's format)")
     p.add_argument("--mask", type=Path, help="foreground mask for intensity normalisation: one file for every "
@@ -150,6 +167,14 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
         changes.update(clustering=args.clustering, level_clustering={})
     if args.smooth is not None:
         changes["smooth_sigma"] = args.smooth
+    for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight"):
+        if getattr(args, option, None) is not None:
+            changes[option] = getattr(args, option)
+    if changes.get("hierarchy") in TREE_HIERARCHIES:
+        # a k-means tree refines nothing: the run's intensity term and prior are dropped unless asked for
+        changes.setdefault("intensity_weight", 0.0)
+        changes.setdefault("potts_beta", 0.0)
+        changes.setdefault("refine", "once")
     if args.level_smooth:
         changes["level_smooth_sigma"] = {**cfg.level_smooth_sigma, **dict(args.level_smooth)}
     if args.level_clustering:
@@ -161,7 +186,7 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
         raise UserError(_name_the_option(str(err), args)) from None
     # not a Config rule: nested levels ignore level_clustering (the default sets level 2), so only an
     # explicit request for per-level methods can be refused
-    if args.level_clustering and resolved.hierarchy != "independent":
+    if args.level_clustering and resolved.hierarchy in TREE_HIERARCHIES:
         raise UserError("--level-clustering needs independent levels: nested levels are cut by one "
                         "method; drop --hierarchy or use --clustering")
     return resolved

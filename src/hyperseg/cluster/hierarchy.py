@@ -41,7 +41,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import HIERARCHIES, LATENTS
+from ..config import LATENTS, TREE_HIERARCHIES
 from ..geometry.poincare import pairwise_dist
 from . import dispatch
 from ._base import Estimator
@@ -51,7 +51,7 @@ from .kmeans import frechet_mean
 __all__ = ["NestedClustering", "NESTED"]
 
 #: The nested hierarchies (``Config.hierarchy`` without ``"independent"``).
-NESTED = tuple(h for h in HIERARCHIES if h != "independent")
+NESTED = TREE_HIERARCHIES
 
 
 @dataclass

@@ -29,9 +29,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
-
 from .. import potts
+from ..data.masks import auto_mask
 from . import baselines
 
 __all__ = ["PEERS", "auto_mask", "atropos", "fast_like", "gmm_in_mask", "local_stats_potts",
@@ -55,36 +54,6 @@ def _check_classes(n_classes: int, masked: bool) -> None:
     if n_classes < (2 if masked else 1):
         raise ValueError(f"peers: n_classes must be >= {2 if masked else 1} (background + tissue classes), "
                          f"got {n_classes}")
-
-
-def _ball(radius: int) -> np.ndarray:
-    """ITK's ball of ``radius`` voxels: offsets with ``|o|^2 <= (radius + 1/2)^2`` (81 voxels for 2)."""
-    r = np.arange(-radius, radius + 1)
-    d, h, w = np.meshgrid(r, r, r, indexing="ij")
-    return d * d + h * h + w * w <= (radius + 0.5) ** 2
-
-
-def auto_mask(image: np.ndarray, cleanup: int = 2) -> np.ndarray:
-    """Automatic foreground ``(D, H, W)`` bool, the steps of ``ants.get_mask`` in scipy.
-
-    Voxels ``>= mean(image)``; then, with ``cleanup = r > 0``: erosion by ITK's ball of
-    radius ``r`` voxels (:func:`_ball`), the largest 6-connected component, dilation by the
-    same ball, holes filled. An empty result retries with ``r - 1``, as ANTs
-    does.
-    """
-    x = _image(image)
-    raw = x >= x.mean()
-    for r in range(int(cleanup), 0, -1):
-        m = ndi.binary_erosion(raw, _ball(r))
-        lab, n = ndi.label(m)
-        if n == 0:
-            continue
-        sizes = np.bincount(lab.ravel())[1:]
-        m = lab == (int(np.argmax(sizes)) + 1)
-        m = ndi.binary_fill_holes(ndi.binary_dilation(m, _ball(r)))
-        if m.any() and not m.all():
-            return m
-    return raw
 
 
 def _ants():

@@ -198,7 +198,8 @@ def run_row(row: Row, dataset: str, data: Path, work: Path, profile: Profile) ->
             flat = seg.embedding.reshape(-1, seg.embedding.shape[-1])
             for v in row.nested:
                 t = time.time()
-                maps = cluster_levels(flat, ks, cfg.replace(hierarchy=v), seed=seed)
+                maps = cluster_levels(flat, ks, cfg.replace(hierarchy=v, intensity_weight=0.0, potts_beta=0.0),
+                                      seed=seed)
                 cluster_seconds[v] += time.time() - t
                 for lvl, k in levels.items():
                     per[v][lvl].append(mean_dice(maps[k].reshape(truth[lvl][i].shape), truth[lvl][i]))

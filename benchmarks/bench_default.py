@@ -1,0 +1,188 @@
+"""What each part of the default segmentation stage buys, against the peers, on synthetic volumes.
+
+    python benchmarks/bench_default.py --runs RUN_SEED0 RUN_SEED1 RUN_SEED2 --data DATA/test \\
+        [--cache DIR] [--peers] [--out FILE]
+
+Every run (one trained model per seed, ``hyperseg train``) embeds every
+volume of ``--data`` (a split folder of ``hyperseg synth`` with ``labels/``)
+once, cached under ``--cache``; each *stage* of :data:`STAGES` (Config fields on
+top of the run's) then segments that embedding with
+:func:`hyperseg.segment.segment_embedding`, the step ``hyperseg segment``
+runs after the encoder. The stages go from the paper's segmentation stage to
+the current default one part at a time, then the ``mri`` preset. ``--peers``
+adds the classical and peer rows of :mod:`hyperseg.comparison.peers` on the
+same volumes (they do not depend on the seed; ANTs Atropos needs the
+``[peers]`` extra). Scores: Hungarian-matched mean Dice per level, mean over
+volumes, then mean +- standard deviation over the runs; CPU seconds per
+volume of the segmentation stage (after the encoder). Writes ``--out``
+(default ``benchmarks/results/default_stages_simple_test.json``). Choose on a
+validation split; score the test split once per configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import _record
+from hyperseg.checkpoint import load_model
+from hyperseg.config import PRESETS_DIR, Config
+from hyperseg.data.io import read_labels, read_volume
+from hyperseg.data.preprocess import normalize_for
+from hyperseg.embed import embed_volume
+from hyperseg.metrics import mean_dice
+from hyperseg.segment import segment_embedding
+
+LEVELS = {1: 2, 2: 4, 3: 6}  # truth level -> clusters
+PAPER_STAGE = {"hierarchy": "independent", "clustering": "kmeans", "level_clustering": {}, "smooth_sigma": 0.0,
+               "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once"}
+#: name -> Config fields on top of the run's (``"preset"``: a shipped preset's fields first)
+STAGES: dict[str, dict] = {
+    "paper segmentation stage (k-means per level, no smoothing)": PAPER_STAGE,
+    "+ smoothing sigma 2, k-medians at 2 clusters (previous default)": {
+        "hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once"},
+    "+ finer levels inside the foreground": {"hierarchy": "foreground", "intensity_weight": 0.0,
+                                             "potts_beta": 0.0, "refine": "once"},
+    "+ intensity term (weight 6)": {"hierarchy": "foreground", "intensity_weight": 6.0, "potts_beta": 0.0,
+                                    "refine": "once"},
+    "+ Potts prior (beta 4, mean field) = default": {"hierarchy": "foreground", "intensity_weight": 6.0,
+                                                     "potts_beta": 4.0, "refine": "once"},
+    "default without the intensity term": {"hierarchy": "foreground", "intensity_weight": 0.0,
+                                           "potts_beta": 4.0, "refine": "once"},
+    "default, independent levels": {"hierarchy": "independent", "intensity_weight": 6.0, "potts_beta": 4.0,
+                                    "refine": "once"},
+    "mri preset": {"preset": "mri"},
+}
+#: segmentation-stage fields a stage may set; the rest come from the run
+STAGE_FIELDS = ("hierarchy", "foreground", "clustering", "level_clustering", "smooth_sigma", "level_smooth_sigma",
+                "intensity_weight", "potts_beta", "potts_method", "potts_iter", "refine", "embedding_weight",
+                "refine_iter")
+
+
+def stage_config(run_cfg: Config, spec: dict) -> Config:
+    """The run's configuration with the stage's fields on top (a preset's segmentation fields first)."""
+    import yaml
+
+    spec = dict(spec)
+    fields: dict = {}
+    if "preset" in spec:
+        preset = yaml.safe_load((PRESETS_DIR / f"{spec.pop('preset')}.yaml").read_text())
+        fields.update({k: v for k, v in preset.items() if k in STAGE_FIELDS})
+    fields.update(spec)
+    # a stage that does not name these gets the field defaults, not an old run's saved values
+    base = {**run_cfg.to_dict(), **{k: getattr(Config(), k) for k in STAGE_FIELDS}}
+    return Config.from_dict({**base, **fields})
+
+
+def _embedding(model, f: Path, x: np.ndarray, cache: Path | None, tag: str) -> np.ndarray:
+    path = cache / tag / f"{f.name[: -len('.nii.gz')]}_embedding.npy" if cache else None
+    if path is not None and path.exists():
+        return np.load(path)
+    emb = embed_volume(model, torch.from_numpy(x)).numpy()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, emb)
+    return emb
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=Path, nargs="+", required=True, help="run folders, one per seed")
+    ap.add_argument("--data", type=Path, required=True, help="split folder with caseNNN.nii.gz and labels/")
+    ap.add_argument("--cases", type=int, default=None, help="only the first N volumes")
+    ap.add_argument("--cache", type=Path, default=None, help="folder for the embeddings (read when there)")
+    ap.add_argument("--stages", nargs="*", default=None, help=f"stages to run (default all): {list(STAGES)}")
+    ap.add_argument("--paper-runs", type=Path, nargs="*", default=[],
+                    help="runs trained with --preset paper: a row segmented with the paper's stage")
+    ap.add_argument("--peers", action="store_true", help="also the peer rows (comparison/peers.py)")
+    ap.add_argument("--out", type=Path, default=_record.RESULTS / "default_stages_simple_test.json")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    files = sorted(args.data.glob("case*.nii.gz"))[: args.cases]
+    stages = list(STAGES) if args.stages is None else args.stages
+    scores = {s: [] for s in stages}  # per run: {level: [dice per volume]}
+    cpu = {s: 0.0 for s in stages}
+    truth = {f: {lvl: read_labels(args.data / "labels" / f"{f.name[:-7]}_level{lvl}.nii.gz") for lvl in LEVELS}
+             for f in files}
+    for i, run in enumerate(args.runs):
+        model = load_model(run).eval()
+        per = {s: {lvl: [] for lvl in LEVELS} for s in stages}
+        for f in files:
+            raw = read_volume(f).array
+            x = normalize_for(model.cfg, raw, None)
+            emb = _embedding(model, f, x, args.cache, f"run{i}")
+            for s in stages:
+                cfg = stage_config(model.cfg, STAGES[s])
+                t = time.process_time()
+                seg = segment_embedding(cfg, emb, x, list(LEVELS.values()), seed=0, array=raw)
+                cpu[s] += time.process_time() - t
+                for lvl, k in LEVELS.items():
+                    per[s][lvl].append(mean_dice(seg.labels[k], truth[f][lvl]))
+            print(f"run {i} {f.name} done", flush=True)
+        for s in stages:
+            scores[s].append(per[s])
+    rows = []
+    if args.paper_runs:
+        per_run = []
+        t = time.process_time()
+        for i, run in enumerate(args.paper_runs):
+            model = load_model(run).eval()
+            cfg = stage_config(model.cfg, PAPER_STAGE)
+            per = {lvl: [] for lvl in LEVELS}
+            for f in files:
+                raw = read_volume(f).array
+                x = normalize_for(model.cfg, raw, None)
+                emb = _embedding(model, f, x, args.cache, f"paper{i}")
+                seg = segment_embedding(cfg, emb, x, list(LEVELS.values()), seed=0, array=raw)
+                for lvl, k in LEVELS.items():
+                    per[lvl].append(mean_dice(seg.labels[k], truth[f][lvl]))
+            per_run.append(per)
+        means = {lvl: [float(np.mean(p[lvl])) for p in per_run] for lvl in LEVELS}
+        rows.append({"row": "paper preset (train --preset paper, paper segmentation stage)", "kind": "hyperseg",
+                     "config": {"preset": "paper"}, "n_runs": len(args.paper_runs), "cases": len(files),
+                     **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in means.items()},
+                     **{f"dice_level{lvl}_run_std": round(float(np.std(v)), 4) for lvl, v in means.items()},
+                     "cpu_seconds_per_volume": None})
+    for s in stages:
+        means = {lvl: [float(np.mean(p[lvl])) for p in scores[s]] for lvl in LEVELS}
+        rows.append({"row": s, "kind": "hyperseg", "config": STAGES[s], "n_runs": len(args.runs), "cases": len(files),
+                     **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in means.items()},
+                     **{f"dice_level{lvl}_run_std": round(float(np.std(v)), 4) for lvl, v in means.items()},
+                     "cpu_seconds_per_volume": round(cpu[s] / (len(files) * len(args.runs)), 3)})
+    if args.peers:
+        from hyperseg.comparison.peers import PEERS
+
+        for name, peer in PEERS.items():
+            per = {lvl: [] for lvl in LEVELS}
+            t = time.process_time()
+            try:
+                for f in files:
+                    img = read_volume(f).array[0]
+                    for lvl, k in LEVELS.items():
+                        per[lvl].append(mean_dice(peer(img, k, (1.0, 1.0, 1.0), seed=0), truth[f][lvl]))
+            except ImportError as err:
+                print(f"{name}: skipped ({err})")
+                continue
+            rows.append({"row": name, "kind": "peer", "cases": len(files),
+                         **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in per.items()},
+                         "cpu_seconds_per_volume": round((time.process_time() - t) / len(files), 3)})
+            print(f"{name} done", flush=True)
+    lines = ["| row | level 1 | level 2 | level 3 | CPU s / volume |", "|---|---|---|---|---|"]
+    for r in rows:
+        cells = []
+        for lvl in LEVELS:
+            sd = r.get(f"dice_level{lvl}_run_std")
+            cells.append(f"{r[f'dice_level{lvl}']:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
+        lines.append(f"| {r['row']} | {' | '.join(cells)} | {r['cpu_seconds_per_volume'] or '-'} |")
+    md = "\n".join(lines)
+    print(md)
+    _record.write(args.out, __file__, md, rows, runs=[str(r) for r in args.runs], data=str(args.data),
+                  score="Hungarian-matched mean Dice per level (hyperseg.metrics.mean_dice), mean over volumes, "
+                        "then mean ± std over runs (seeds)")
+
+
+if __name__ == "__main__":
+    main()
