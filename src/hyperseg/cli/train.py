@@ -32,7 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", metavar="NAME",
                    help="start from a shipped configuration instead of the defaults: 'paper' is the "
                         "configuration of Hsu et al. 2021 (d = 2, unit-variance decoder, k-means on every "
-                        "level, no smoothing); --config fields apply on top")
+                        "level, no smoothing, no intensity term or Potts prior); 'mri' the default model with "
+                        "FAST's recipe for brain MRI after it (tissue classes inside an intensity mask, "
+                        "hidden-MRF EM on embedding and intensity); --config fields apply on top")
     p.add_argument("--config", type=Path, help="YAML file with configuration fields to override "
                    "(with --resume it must match the run's configuration)")
     p.add_argument("--steps", type=int, help="optimiser steps in total (default: the configuration's, "
