@@ -317,8 +317,9 @@ def _one_line(message: str, limit: int = MAX_MESSAGE) -> str:
 def _name_the_file(message: str, case) -> str:
     """One line that starts by naming the case's file (unless the message already names one of them)."""
     message = _one_line(message)
-    if not any(str(f) in message for f in case.files):
-        message = f"{case.files[0]}: {message}"
+    named = [*case.files, *([Path(case.files[0]).parent] if getattr(case, "dicom", False) else [])]
+    if not any(str(f) in message for f in named):  # a DICOM series is named by its folder
+        message = f"{named[-1] if getattr(case, 'dicom', False) else case.files[0]}: {message}"
     return message
 
 

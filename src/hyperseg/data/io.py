@@ -32,6 +32,11 @@ with :func:`write_label_map` lies voxel for voxel on the input's grid.
 * **NumPy** (``.npy``): 3D ``(D, H, W)`` or 4D channels-first
   ``(C, D, H, W)``; voxel size 1. Arrays of Python objects are refused
   without unpickling them.
+* **DICOM series** (pydicom, :mod:`hyperseg.data.dicom`): a folder of
+  single-slice files (``.dcm``, or any name with the DICOM marker), or a
+  folder of such folders, one case per series. ``D, H, W`` = rows, columns,
+  slices (sorted along the slice normal); the affine is the series' RAS+
+  patient geometry in mm, and label maps are written as NIfTI on that grid.
 
 For TIFF and NumPy the ``affine`` is ``diag(spacing, 1)`` (voxel index
 ``(d, h, w)`` to physical units); for MRC it adds the origin as its
@@ -80,10 +85,12 @@ class VolumeError(ValueError):
 
 @dataclass
 class Case:
-    """One input case: a single file, or nnU-Net channel files sorted by channel index."""
+    """One input case: a single file, nnU-Net channel files sorted by channel index, or
+    (``dicom=True``) the slice files of one DICOM series."""
 
     name: str
     files: list[Path]
+    dicom: bool = False
 
 
 @dataclass
@@ -172,17 +179,40 @@ def find_volumes(path: str | Path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no such file or folder")
 
 
+def _dicom_cases(path: Path) -> list[Case]:
+    """One case per DICOM series in ``path`` and its subfolders (or of the DICOM file ``path``)."""
+    from .dicom import find_series
+
+    return [Case(name, sorted(s.files), dicom=True) for name, s in find_series(path)]
+
+
 def find_cases(path: str | Path) -> list[Case]:
     """The cases of a file or folder; a folder's are sorted by name.
 
     A file is one case. In a folder, nnU-Net channel files ``{case}_XXXX.ext``
     are grouped into one case per ``{case}``, sorted by channel; every other
     volume file is a case of its own. Hidden files and subfolders (such as
-    ``labels/``) are ignored. Missing channels are reported by
-    :func:`read_case`, so that one bad case does not stop a folder.
+    ``labels/``) are ignored, except that every DICOM series in the folder
+    or in a subfolder is a case (named after its folder,
+    :func:`hyperseg.data.dicom.series_case_names`); a DICOM file stands for
+    its series. Missing channels are reported by :func:`read_case`, so that
+    one bad case does not stop a folder.
     """
     path = Path(path)
-    files = find_volumes(path)
+    if path.is_file() and not volume_suffix(path):
+        dicom = _dicom_cases(path)
+        if dicom:
+            return dicom
+    dicom = _dicom_cases(path) if path.is_dir() else []
+    try:
+        files = find_volumes(path)
+    except FileNotFoundError:
+        if dicom:
+            return sorted(dicom, key=lambda c: c.name)
+        if path.is_dir():
+            raise FileNotFoundError(f"{path}: no volumes ({', '.join(SUFFIXES)}) and no DICOM series in this "
+                                    "folder or its subfolders") from None
+        raise
     if path.is_file():
         return [Case(case_name(path), [path])]
     cases: dict[str, dict[int, Path]] = {}
@@ -207,7 +237,12 @@ def find_cases(path: str | Path) -> list[Case]:
                           "use either one file or the nnU-Net channel files")
     out = [Case(name, [f]) for name, f in singles.items()]
     out += [Case(name, [chs[c] for c in sorted(chs)]) for name, chs in cases.items()]
-    return sorted(out, key=lambda c: c.name)
+    taken = {c.name for c in out}
+    for c in dicom:
+        if c.name in taken:
+            raise VolumeError(f"{c.files[0].parent}: DICOM series case {c.name} clashes with the volume file "
+                              f"{c.name}.*; rename the folder or the file")
+    return sorted(out + dicom, key=lambda c: c.name)
 
 
 def output_suffix(like: Volume, override: str | None = None) -> str:
@@ -673,6 +708,8 @@ def read_case(case: Case, nan_policy: str = "error") -> Volume:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     if not case.files:
         raise VolumeError(f"{case.name}: the case has no files; give at least one volume file")
+    if case.dicom:
+        return _read_dicom_case(case, nan_policy)
     files = [Path(f) for f in case.files]
     first = files[0]
     found = [_channel_index(f, case.name) for f in files]
@@ -700,6 +737,28 @@ def read_case(case: Case, nan_policy: str = "error") -> Volume:
     raw = raws[0]
     return Volume(array=array, affine=raw.affine, header=raw.header, path=first, spacing=raw.spacing,
                   fmt=volume_suffix(first), case=case.name, unit=raw.unit)
+
+
+def _read_dicom_case(case: Case, nan_policy: str) -> Volume:
+    """A DICOM series as a float32 ``(1, rows, columns, slices)`` :class:`Volume` in RAS+ mm, with a NIfTI
+    header (``fmt`` ``".dcm"``: its label maps are written as NIfTI)."""
+    from .dicom import nifti_header, read_series
+
+    folder = Path(case.files[0]).parent
+    try:
+        data, affine, spacing, _ = read_series(case.files)
+    except VolumeError:
+        raise
+    except MemoryError as err:
+        raise VolumeError(f"{folder}: DICOM series {case.name} is too large to read into memory; "
+                          "crop or downsample it") from err
+    except Exception as err:  # noqa: BLE001 - a broken file is a user problem, named in one line
+        msg = " ".join(str(err).split())[:200] or type(err).__name__
+        raise VolumeError(f"{folder}: DICOM series {case.name} cannot be read ({msg}); export the series "
+                          "again") from err
+    array = check_array(data, f"{folder} (DICOM series {case.name})", nan_policy)
+    return Volume(array=array, affine=affine, header=nifti_header(affine), path=folder, spacing=spacing,
+                  fmt=".dcm", case=case.name, unit="mm")
 
 
 def read_volume(path: str | Path, nan_policy: str = "error") -> Volume:
