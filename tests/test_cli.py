@@ -143,7 +143,9 @@ def test_demo_writes_the_label_maps_segment_writes_with_its_model(tmp_path, monk
     assert main(["segment", "-m", str(demo / "run"), "-i", str(demo / "data" / "test"), "-o", str(tmp_path / "seg"),
                  "-q"]) == 0
     cases = sorted(p.name[: -len(".nii.gz")] for p in (demo / "data" / "test").glob("*.nii.gz"))
-    maps = sorted(p.name for p in (demo / "segmentations").iterdir())
+    maps = sorted(p.name for p in (demo / "segmentations").iterdir() if "_k" in p.name)
+    assert sorted(p.name for p in (demo / "segmentations").glob("*_embedding.npy")) == [
+        f"{case}_embedding.npy" for case in cases]  # the first one's is drawn in demo_report.html
     assert len(cases) == 2
     assert maps == sorted(p.name for p in (tmp_path / "seg").iterdir()) == [
         f"{case}_k{k}.nii.gz" for case in cases for k in (2, 4, 6)]
@@ -151,3 +153,5 @@ def test_demo_writes_the_label_maps_segment_writes_with_its_model(tmp_path, monk
         assert np.array_equal(read_labels(demo / "segmentations" / name), read_labels(tmp_path / "seg" / name))
     assert json.loads((demo / "scores.json").read_text())["levels"]
     assert (demo / "demo.png").read_bytes().startswith(b"\x89PNG")
+    page = (demo / "demo_report.html").read_text()
+    assert "Dice against the ground truth" in page and "truth level 3" in page

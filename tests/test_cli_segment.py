@@ -71,8 +71,8 @@ def test_one_label_map_per_level_plus_embeddings_and_report(run, tmp_path):
     affine[:3, 3] = [5, -2, 1]
     nib.save(nib.Nifti1Image(blob((10, 9, 8), 2), affine), str(src / "b.nii.gz"))
     assert segment(run, src, out, "--levels", "2", "3", "--save-embeddings", "--report") == 0
-    assert names(out) == ["a_embedding.npy", "a_k2.npy", "a_k3.npy", "a_report.png",
-                          "b_embedding.npy", "b_k2.nii.gz", "b_k3.nii.gz", "b_report.png"]
+    assert names(out) == ["a_embedding.npy", "a_k2.npy", "a_k3.npy", "a_report.html", "a_report.png",
+                          "b_embedding.npy", "b_k2.nii.gz", "b_k3.nii.gz", "b_report.html", "b_report.png"]
     for k in (2, 3):
         a = np.load(out / f"a_k{k}.npy")
         assert a.shape == (12, 10, 8) and a.dtype == np.uint8 and a.max() < k

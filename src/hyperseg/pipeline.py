@@ -25,7 +25,9 @@ named by :func:`case_outputs` (the names ``--skip-existing`` looks for):
   :attr:`SegmentOptions.output_format` names another;
 * ``{case}_embedding.npy``: float32 ``(D, H, W, d)`` ball coordinates of the
   points that were clustered (``save_embeddings``);
-* ``{case}_report.png``: mid-slices and the Poincare disk (``report``).
+* ``{case}_report.png``: mid-slices and the Poincare disk (``report``);
+* ``{case}_report.html``: every slice of every level, the disk, cluster sizes,
+  one self-contained file (``report_html``, :mod:`hyperseg.report_html`).
 
 Everything is computed before anything is written, and each file is written
 atomically, so a case that fails writes nothing.
@@ -124,7 +126,7 @@ class SegmentOptions:
     maps' format, an :data:`~hyperseg.data.io.OUTPUT_SUFFIXES` entry without
     its dot (``"nii.gz"``, ``"tif"``, ...), or ``None`` for the input's own;
     ``nan_policy``: what :func:`~hyperseg.data.io.read_case` does with NaN/Inf
-    voxels; ``save_embeddings`` / ``report``: also write those files;
+    voxels; ``save_embeddings`` / ``report`` / ``report_html``: also write those files;
     ``skip_existing``: leave outputs that exist alone and write only the
     missing ones; ``seed``: the clustering seed; ``progress``: a progress bar
     for the embedding pass.
@@ -135,6 +137,7 @@ class SegmentOptions:
     nan_policy: str = "error"
     save_embeddings: bool = False
     report: bool = False
+    report_html: bool = False
     skip_existing: bool = False
     seed: int = 0
     progress: bool = False
@@ -160,13 +163,15 @@ def label_suffix(source: str | Path, output_format: str | None = None) -> str:
 
 def case_outputs(case: Case, levels: Sequence[int], options: SegmentOptions) -> dict[str, Path]:
     """The files :func:`segment_case` writes for ``case``, by role: ``"k{K}"`` per level, ``"embedding"``,
-    ``"report"`` (the last two only when ``options`` asks for them). Reads nothing."""
+    ``"report"``, ``"report_html"`` (the last three only when ``options`` asks for them). Reads nothing."""
     suffix = label_suffix(case.files[0], options.output_format)
     out = {f"k{int(k)}": options.output / f"{case.name}_k{int(k)}{suffix}" for k in levels}
     if options.save_embeddings:
         out["embedding"] = options.output / f"{case.name}_embedding.npy"
     if options.report:
         out["report"] = options.output / f"{case.name}_report.png"
+    if options.report_html:
+        out["report_html"] = options.output / f"{case.name}_report.html"
     return out
 
 
@@ -190,7 +195,7 @@ def _save_npy(path: Path, array: np.ndarray) -> Path:
 def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
                  mask: np.ndarray | None = None) -> list[Path]:
     """Read ``case``, segment it at every level of ``model.cfg`` and write its outputs; returns the files
-    written, in the order label maps (by level), embedding, report.
+    written, in the order label maps (by level), embedding, report, HTML report.
 
     ``mask``: optional boolean ``(D, H, W)`` foreground on the case's grid.
     Nothing is written when any step fails; with ``options.skip_existing`` a
@@ -210,11 +215,22 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
         png = render_case_report(vol.array[0], seg.labels, seg.embedding,
                                  c=cfg.c if cfg.latent == "hyperbolic" else None,
                                  spacing=vol.spacing, title=case.name, seed=options.seed)
+    page = None
+    if "report_html" in outputs:
+        from .report_html import render_html_report
+
+        page = render_html_report(vol.array[0], seg.labels, seg.embedding,
+                                  c=cfg.c if cfg.latent == "hyperbolic" else None,
+                                  spacing=vol.spacing, title=case.name, seed=options.seed)
     written = [write_label_map(outputs[f"k{k}"], seg.labels[k], vol) for k in levels if f"k{k}" in outputs]
     if "embedding" in outputs:
         written.append(_save_npy(outputs["embedding"], np.ascontiguousarray(seg.embedding, dtype=np.float32)))
     if png is not None:
         written.append(write_png(outputs["report"], png))
+    if page is not None:
+        from .report_html import write_html
+
+        written.append(write_html(outputs["report_html"], page))
     return written
 
 

@@ -1,7 +1,9 @@
 """PNG figures a person can look at.
 
 * :func:`save_slices_png` (used by ``hyperseg demo``): the three orthogonal
-  mid-slices of a volume beside each level's label map and the ground truth.
+  mid-slices of a volume beside each level's label map and the ground truth,
+  every cluster drawn in the colour of the class it is matched to
+  (:func:`colours_matched_to_truth`), so prediction and truth line up.
 * :func:`save_case_report` / :func:`render_case_report` (used by
   ``hyperseg segment --report``): the mid-slices with each level's labels
   overlaid, and the voxel embeddings in the Poincare disk coloured by the
@@ -66,17 +68,59 @@ def label_cmap(n_labels: int):
     return ListedColormap(colours, name=f"labels{n}")
 
 
+def truth_for(k: int, truth: dict[int, np.ndarray]) -> int:
+    """The ground-truth level a ``k``-cluster map is compared with: the one with ``k`` classes
+    (``max + 1``), else the one with the nearest number of classes (the finer one on a tie)."""
+    if not truth:
+        raise ValueError("no ground-truth levels given")
+    n = {lvl: int(np.max(t)) + 1 for lvl, t in truth.items()}
+    return min(sorted(n), key=lambda lvl: (abs(n[lvl] - k), -n[lvl]))
+
+
+def colours_matched_to_truth(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Colour indices for a cluster map: each cluster takes the index of the class it is matched to.
+
+    ``pred`` (clusters) and ``truth`` (classes ``0..n-1``): integer ``(D, H, W)``.
+    The matching is the Hungarian one of :func:`hyperseg.metrics.dice_iou`
+    (maximal summed Dice). Clusters left without a class (more clusters than
+    classes) take ``n, n + 1, ...`` in cluster order, so no two clusters
+    share a colour. Returns the recoloured map ``(D, H, W)`` int64 and the
+    lookup table ``(max(pred) + 1,)`` cluster -> colour index (0 for numbers no voxel carries).
+    """
+    from .metrics import dice_iou
+
+    pred = np.asarray(pred).astype(np.int64)
+    result = dice_iou(pred, np.asarray(truth).astype(np.int64))
+    matching = result["matching"]
+    present = np.bincount(pred.reshape(-1)) > 0
+    lut = np.zeros(len(present), dtype=np.int64)  # a number no voxel carries keeps colour 0
+    spare = result["dice"].shape[0]
+    for cluster in np.flatnonzero(present):
+        if cluster in matching:
+            lut[cluster] = matching[cluster]
+        else:
+            lut[cluster], spare = spare, spare + 1
+    return lut[pred], lut
+
+
 def save_slices_png(path: str | Path, image: np.ndarray, labels: dict[int, np.ndarray],
                     truth: dict[int, np.ndarray] | None = None, title: str = "") -> Path:
     """Write a grid: rows are the three orthogonal mid-slices; columns the image,
     then one label map per number of clusters (and ground truth if given).
 
     ``image``: ``(D, H, W)``; ``labels``: ``{K: (D, H, W)}``; ``truth``: ``{level: (D, H, W)}``.
+    With ground truth, each ``K``'s clusters are drawn in the colours of the
+    classes they are matched to (:func:`colours_matched_to_truth`, against
+    the level :func:`truth_for` picks), so a cluster and its class look alike.
     """
+    shown = {k: colours_matched_to_truth(lab, truth[truth_for(k, truth)])[0] if truth else lab
+             for k, lab in labels.items()}
     cols: list[tuple[str, np.ndarray, bool]] = [("image", image, False)]
-    cols += [(f"k = {k}", lab, True) for k, lab in sorted(labels.items())]
+    cols += [(f"k = {k}", lab, True) for k, lab in sorted(shown.items())]
     if truth:
         cols += [(f"truth level {lvl}", lab, True) for lvl, lab in sorted(truth.items())]
+    n_colours = max([int(np.max(v)) + 1 for _, v, is_label in cols if is_label] + [10])
+    cmap = label_cmap(n_colours)
     centre = [n // 2 for n in image.shape]
     fig = _new_figure(2.2 * len(cols), 6.6)
     axes = fig.subplots(3, len(cols), squeeze=False)
@@ -85,7 +129,7 @@ def save_slices_png(path: str | Path, image: np.ndarray, labels: dict[int, np.nd
             sl = np.take(vol, centre[i], axis=i)
             ax = axes[i, j]
             if is_label:
-                ax.imshow(sl, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+                ax.imshow(sl, cmap=cmap, vmin=-0.5, vmax=n_colours - 0.5, interpolation="nearest")
             else:
                 ax.imshow(sl, cmap="gray", interpolation="nearest")
             ax.set_xticks([])
@@ -260,6 +304,8 @@ def write_png(path: str | Path, data: bytes) -> Path:
 
 __all__: list[str] = [
     "MAX_DISK_POINTS",
+    "colours_matched_to_truth",
+    "truth_for",
     "disk_coordinates",
     "label_cmap",
     "render_case_report",

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from .common import add_common
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_folder, find_levels_json, format_table
     from ..pipeline import SegmentOptions, case_outputs, segment_case
     from ..report import save_slices_png
+    from ..report_html import save_html_report
     from ..train import train
     from ..utils import atomic_write_text, resolve_device
 
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     model = train(cfg, arrays, out / "run", minutes=args.minutes, progress=not quiet,
                   device=resolve_device(args.device))
     print(f"[3/4] segmenting the test volumes into {ks} clusters")
-    options = SegmentOptions(output=out / "segmentations", seed=args.seed)  # {case}_k{K}.nii.gz, as segment
+    # {case}_k{K}.nii.gz as segment writes them, and the embeddings for the first case's HTML report
+    options = SegmentOptions(output=out / "segmentations", seed=args.seed, save_embeddings=True)
     cases = find_cases(data / "test")
     for case in tqdm(cases, desc="segment", unit="case", disable=quiet):
         segment_case(model, case, options)
@@ -55,12 +58,16 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate_folder(options.output, data / "test" / "labels")
     atomic_write_text(out / "scores.json", json.dumps(summary, indent=2))
     print(format_table(summary))
-    if cases:  # the first case's label maps as written, beside its ground truth
+    if cases:  # the first case's label maps as written, beside its ground truth, clusters in their classes' colours
         case = cases[0]
-        maps = {int(role[1:]): read_labels(path) for role, path in case_outputs(case, ks, options).items()}
+        written = case_outputs(case, ks, options)
+        maps = {int(role[1:]): read_labels(path) for role, path in written.items() if role.startswith("k")}
         truth = {lvl: read_labels(data / "test" / "labels" / f"{case.name}_level{lvl}.nii.gz") for lvl in levels}
-        png = save_slices_png(out / "demo.png", read_case(case).array[0], maps, truth,
-                              title=f"{case.name}: hyperseg demo")
-        print(f"wrote {png}")
+        volume = read_case(case)
+        png = save_slices_png(out / "demo.png", volume.array[0], maps, truth, title=f"{case.name}: hyperseg demo")
+        page = save_html_report(out / "demo_report.html", volume.array[0], maps, np.load(written["embedding"]),
+                                c=cfg.c if cfg.latent == "hyperbolic" else None, spacing=volume.spacing,
+                                title=f"{case.name}: hyperseg demo", truth=truth, seed=args.seed)
+        print(f"wrote {png} and {page}")
     print(f"done in {time.time() - t0:.0f} s; outputs in {out}")
     return 0

@@ -14,8 +14,11 @@ groups them, nnU-Net channel files included), in the output folder, named by
   ``--output-format`` says otherwise;
 * ``{case}_embedding.npy`` (``--save-embeddings``): the voxel embeddings that
   were clustered (after ``--smooth``), float32 ``(D, H, W, d)`` ball coordinates;
-* ``{case}_report.png`` (``--report``): mid-slices with the labels overlaid and
-  the embeddings in the Poincare disk (:func:`hyperseg.report.render_case_report`).
+* ``{case}_report.png`` (``--report`` or ``--report png``): mid-slices with the labels
+  overlaid and the embeddings in the Poincare disk (:func:`hyperseg.report.render_case_report`);
+* ``{case}_report.html`` (``--report`` or ``--report html``): every slice on all three
+  axes with an opacity slider, the disk and the cluster sizes, one self-contained file
+  (:func:`hyperseg.report_html.render_html_report`).
 
 Many volumes: ``--nproc N`` deals the sorted cases out to N processes (case
 ``i`` to worker ``i % N``); under ``torchrun`` each rank takes its share the
@@ -54,6 +57,8 @@ from .common import OUTPUT_FORMAT_CHOICES, USER_ERRORS, UserError, add_common, a
 if TYPE_CHECKING:  # imported where used: building the parser must not import torch
     from ..pipeline import SegmentOptions
 
+#: What ``--report KIND ...`` can ask for; a bare ``--report`` asks for all of them.
+REPORT_KINDS = ("png", "html")
 #: Error messages longer than this are cut (a state-dict mismatch lists every tensor).
 MAX_MESSAGE = 400
 #: The :class:`Config` field each segmentation option sets (``Config.validate`` checks them).
@@ -136,8 +141,10 @@ def add_parser(sub) -> None:
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write {case}_embedding.npy: float32 (D, H, W, d) ball coordinates "
                         "of the points that were clustered (after smoothing)")
-    p.add_argument("--report", action="store_true",
-                   help="also write {case}_report.png: mid-slices with labels, embeddings in the Poincare disk")
+    p.add_argument("--report", nargs="*", choices=REPORT_KINDS, metavar="KIND",
+                   help="also write {case}_report.png (mid-slices with labels, embeddings in the Poincare disk) "
+                        "and {case}_report.html (every slice of every level, opacity slider, disk, cluster sizes; "
+                        "one self-contained file); `--report png` or `--report html` writes one of them")
     p.add_argument("--nproc", type=int, default=1,
                    help="worker processes, each taking a disjoint share of the cases (default 1; "
                         "under torchrun, per rank)")
@@ -308,6 +315,12 @@ def _read_mask(path: Path) -> np.ndarray:
     return mask
 
 
+def _wants_report(args: argparse.Namespace, kind: str) -> bool:
+    """Whether ``--report`` asks for ``kind``: a bare ``--report`` asks for every kind."""
+    kinds = getattr(args, "report", None)
+    return kinds is not None and (not kinds or kind in kinds)
+
+
 def _one_line(message: str, limit: int = MAX_MESSAGE) -> str:
     """``message`` on one line, cut at ``limit`` characters."""
     message = " ".join(str(message).split())
@@ -358,7 +371,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(_one_line(str(err))) from None
     cfg = segment_config(model.cfg, args)
     options = SegmentOptions(output=args.output, output_format=args.output_format, nan_policy=args.nan_policy,
-                             save_embeddings=args.save_embeddings, report=args.report,
+                             save_embeddings=args.save_embeddings, report=_wants_report(args, "png"),
+                             report_html=_wants_report(args, "html"),
                              skip_existing=args.skip_existing, seed=args.seed)
     cases = find_cases(args.input)
     if args.input.is_dir() and args.input.resolve() == args.output.resolve():
