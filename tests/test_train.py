@@ -194,3 +194,19 @@ def test_released_code_triplet_settings_reach_training(tmp_path, setting):
     plain, changed = weights("plain"), weights("changed", **setting)
     assert any(not torch.equal(changed[k], plain[k]) for k in plain if plain[k].is_floating_point())
     assert all(torch.isfinite(v).all() for v in changed.values() if v.is_floating_point())
+
+
+def test_on_step_reports_every_step_and_stops_the_run_when_it_returns_true(tmp_path):
+    vol = generate_volume(np.random.default_rng(0), (20, 20, 20))[0][None].astype(np.float32)
+    seen = []
+
+    def on_step(step, total):
+        seen.append((step, total))
+        return step == 3  # "Cancel" pressed after the third step
+
+    model = train(Config(**TINY, steps=10), [vol], tmp_path / "run", progress=False, on_step=on_step)
+    assert seen == [(1, 10), (2, 10), (3, 10)]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "stopped" and info["steps_done"] == 3
+    assert read_checkpoint(tmp_path / "run")["step"] == 3  # the last step is saved
+    assert model is not None

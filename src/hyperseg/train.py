@@ -46,7 +46,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,7 @@ def train(
     log_every: int = 10,
     command: Sequence[str] | None = None,
     input_path: str | Path | None = None,
+    on_step: Callable[[int, int], bool | None] | None = None,
 ) -> HyperVAE:
     """Train a model on volumes ``(C, D, H, W)`` and save it into ``run_dir``.
 
@@ -189,6 +190,10 @@ def train(
         log_every: steps between log lines (step 1 is always logged).
         command: the command line to record in ``run.json`` (default ``sys.argv``).
         input_path: where the volumes came from, recorded in ``run.json``.
+        on_step: called after every step taken as ``on_step(step, total_steps)``
+            (a progress bar, a Cancel button: the napari widget); when it
+            returns ``True`` training stops there like at the time limit
+            (checkpoint written, status ``"stopped"``). Single process only.
 
     Under an initialised process group (see :mod:`hyperseg.distributed`)
     every rank calls this with the same arguments; the module docstring says
@@ -202,6 +207,9 @@ def train(
     cfg = cfg.replace(steps=_target_steps(run_dir, cfg, steps, resumed))
     run = _setup(cfg, arrays, run_dir, device, resumed, command, input_path, minutes)
     main = run.world.is_main
+    if on_step is not None and run.world.size > 1:
+        raise ValueError("on_step stops one process only; leave it out under torchrun")
+    stopped = False
     bar = tqdm(total=None if cfg.steps >= UNLIMITED_STEPS else cfg.steps, initial=min(run.step, cfg.steps),
                desc="train", unit="step", disable=not (progress and main))
     try:
@@ -217,9 +225,12 @@ def train(
                         _flush_log(run_dir / LOG_FILE, run.log_lines)
                 elif main and run.step % LOG_FLUSH_EVERY == 0:
                     _flush_log(run_dir / LOG_FILE, run.log_lines)
+                if on_step is not None and on_step(run.step, cfg.steps):
+                    stopped = True
+                    break
             if outcome.time_up:
                 break
-        run.status = "finished" if run.step >= cfg.steps else "time limit"
+        run.status = "finished" if run.step >= cfg.steps else "stopped" if stopped else "time limit"
         _checkpoint(run)
     except BaseException:
         # the other ranks may be elsewhere: save this rank's view without a collective
