@@ -16,6 +16,7 @@ touched and nothing needs a display.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,14 @@ def disk_coordinates(points: np.ndarray, c: float | None = 1.0) -> tuple[np.ndar
     Euclidean latent (``c`` is ``None``): the points (``d = 2``) or their
     orthogonal projection onto the two leading principal directions.
     """
+    project, how = disk_projection(points, c)
+    return project(points), how
+
+
+def disk_projection(points: np.ndarray, c: float | None = 1.0) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+    """The map of :func:`disk_coordinates` fitted on ``points`` ``(N, d)``, as a function that draws any
+    other points ``(M, d)`` of the same latent at ``(M, 2)`` the same way (the principal directions are
+    those of ``points``), and its description."""
     import torch
 
     from .geometry.poincare import expmap0, logmap0
@@ -167,23 +176,37 @@ def disk_coordinates(points: np.ndarray, c: float | None = 1.0) -> tuple[np.ndar
         raise ValueError(f"expected latent points of shape (N, d), got {x.shape}")
     d = x.shape[1]
     hyperbolic = c is not None
-    v = logmap0(torch.from_numpy(x), c).numpy() if hyperbolic and d > 2 else x
+
+    def tangent(p: np.ndarray) -> np.ndarray:
+        p = np.asarray(p, dtype=np.float64).reshape(-1, d)
+        return logmap0(torch.from_numpy(p), c).numpy() if hyperbolic and d > 2 else p
+
+    basis = None
     if d == 1:
-        v = np.concatenate([v, np.zeros_like(v)], axis=1)
         how = "the single latent coordinate"
     elif d == 2:
         how = "the latent coordinates"
     else:
+        v = tangent(x)
         centred = v - v.mean(axis=0)
         # right singular vectors = principal directions; guard N < 2 (no variance to speak of)
         _, _, vt = np.linalg.svd(centred, full_matrices=False) if len(v) > 1 else (None, None, np.eye(d))
-        v = v @ vt[:2].T
+        basis = vt[:2].T
         how = ("exp_0 of the projection of log_0(z) onto its two leading principal directions"
                if hyperbolic else "projection onto the two leading principal directions")
-    if hyperbolic:
-        y = expmap0(torch.from_numpy(np.ascontiguousarray(v)), c).numpy() if d > 2 else v
-        return y * np.sqrt(c), how
-    return v, how
+
+    def project(p: np.ndarray) -> np.ndarray:
+        v = tangent(p)
+        if d == 1:
+            v = np.concatenate([v, np.zeros_like(v)], axis=1)
+        elif basis is not None:
+            v = v @ basis
+        if hyperbolic:
+            y = expmap0(torch.from_numpy(np.ascontiguousarray(v)), c).numpy() if d > 2 else v
+            return y * np.sqrt(c)
+        return v
+
+    return project, how
 
 
 def _overlay_axes(ax, image: np.ndarray, labels: np.ndarray | None, n_labels: int,
@@ -307,6 +330,7 @@ __all__: list[str] = [
     "colours_matched_to_truth",
     "truth_for",
     "disk_coordinates",
+    "disk_projection",
     "label_cmap",
     "render_case_report",
     "save_case_report",
