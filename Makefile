@@ -24,8 +24,13 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml $(CONSTRAINTS)
 
 install: $(VENV)/.installed
 
+# napari's tests open a viewer and need an X display: without one, pytest runs under a virtual X server
+# (Debian's xvfb, which .ci/run installs) when xvfb-run exists (Qt's offscreen platform gives vispy no OpenGL)
+XVFB_RUN := $(if $(DISPLAY),,$(shell command -v xvfb-run 2>/dev/null))
+XVFB := $(if $(XVFB_RUN),$(XVFB_RUN) -a --server-args="-screen 0 1280x1024x24")
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(XVFB) $(BIN)/python -m pytest -q
 
 demo: install
 	$(BIN)/hyperseg demo -o demo_out
