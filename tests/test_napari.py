@@ -42,7 +42,7 @@ def blob_image(shape=(24, 24, 24), seed=0):
 
 
 @pytest.fixture
-def widget(make_napari_viewer, qtbot, one_thread):
+def widget(make_napari_viewer, qtbot, one_thread, tmp_path):
     _need_display()
     from hyperseg.napari._widget import HypersegWidget
 
@@ -51,6 +51,7 @@ def widget(make_napari_viewer, qtbot, one_thread):
     w = HypersegWidget(viewer)
     viewer.window.add_dock_widget(w, name="hyperseg")
     w.config = Config(**TINY)
+    w.run_edit.setText(str(tmp_path / "widget_run"))  # not a temporary folder left behind by the test
     yield w
     if w.busy:  # never leave a worker running into the next test
         w.cancel()
@@ -142,11 +143,10 @@ def test_cancel_stops_training_and_keeps_the_model_of_the_last_step(widget, qtbo
 
 def test_a_run_folder_can_be_loaded_and_segmenting_again_updates_the_layers(widget, qtbot, tmp_path):
     w, viewer = widget, widget.viewer
-    w.run_edit.setText(str(tmp_path / "run"))
     train_steps(qtbot, w, 2)
-    assert w.run_dir == tmp_path / "run"
+    assert w.run_dir == tmp_path / "widget_run"  # the run folder typed in the widget
     w.model = None
-    w.load(tmp_path / "run")
+    w.load(tmp_path / "widget_run")
     assert w.model is not None and w.error is None
     w.levels_edit.setText("3")
     w.segment_button.click()

@@ -46,7 +46,7 @@ from .utils import atomic_write
 #: Volumes with more voxels are shown subsampled (every s-th voxel per axis): 16 M voxels is 21 MB of base64 a map.
 MAX_VOXELS = 4_000_000
 #: Longest side of a view on screen, in CSS pixels.
-VIEW_PX = 320
+VIEW_PX = 280
 
 
 def _b64(data: bytes) -> str:

@@ -63,6 +63,7 @@ class DiskView(QWidget):
         self.figure = Figure(figsize=(4, 4))
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.axes = self.figure.add_subplot(1, 1, 1)
+        self.canvas.setMinimumSize(260, 260)
         layout = QVBoxLayout(self)
         layout.addWidget(self.canvas)
         self.project = None
@@ -339,7 +340,7 @@ class HypersegWidget(QWidget):
         counts = {k: np.bincount(np.asarray(labels[k]).reshape(-1)) for k in ks}
 
         def item(k: int, label: int) -> QTreeWidgetItem:
-            node = QTreeWidgetItem([f"k = {k}: label {label}", f"{int(counts[k][label]):,}"])
+            node = QTreeWidgetItem([f"k{k}: {label}", f"{int(counts[k][label]):,}"])
             node.setData(0, _LEVEL_ROLE, k)
             node.setData(0, _LABEL_ROLE, label)
             if k in tree:
@@ -351,6 +352,7 @@ class HypersegWidget(QWidget):
         for label in np.flatnonzero(counts[ks[0]] > 0):
             self.tree.addTopLevelItem(item(ks[0], int(label)))
         self.tree.expandAll()
+        self.tree.resizeColumnToContents(0)
 
     def _on_tree_click(self, node: QTreeWidgetItem, column: int = 0) -> None:
         """Show that label alone in its layer, and select its children (the finer labels inside it)."""
