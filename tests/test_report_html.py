@@ -203,3 +203,34 @@ def test_segment_report_html_writes_the_page_beside_the_label_maps(tmp_path, one
     assert [layer["name"] for layer in data["layers"]] == ["k = 2", "k = 3"]
     np.testing.assert_array_equal(decoded(data["layers"][1]["data"], (20, 20, 20)), np.load(out / "a_k3.npy"))
     assert data["layers"][0]["disk"]  # the embedding's disk, coloured by the layer
+
+
+# ----------------------------------------------------------------------------- hyperseg evaluate --report
+def test_evaluate_report_draws_each_case_beside_its_truth_in_matched_colours(tmp_path, capsys):
+    from hyperseg.cli import main
+
+    truth = nested_truth()
+    data, labels, pred = tmp_path / "data", tmp_path / "data" / "labels", tmp_path / "pred"
+    labels.mkdir(parents=True)
+    pred.mkdir()
+    np.save(data / "a.npy", truth[2].astype(np.float32) + np.random.default_rng(0).normal(size=truth[2].shape))
+    for level, t in truth.items():
+        np.save(labels / f"a_level{level}.npy", t.astype(np.uint8))
+    np.save(pred / "a_k2.npy", (1 - truth[1]).astype(np.uint8))
+    np.save(pred / "a_k3.npy", np.array([2, 0, 1])[truth[2]].astype(np.uint8))
+    assert main(["evaluate", "-p", str(pred), "-t", str(labels), "--report"]) == 0
+    assert "wrote 2 report files" in capsys.readouterr().out
+    assert sorted(p.name for p in pred.glob("a_evaluation.*")) == ["a_evaluation.html", "a_evaluation.png"]
+    page = (pred / "a_evaluation.html").read_text(encoding="utf-8")
+    data_block = payload(page)
+    shape = truth[2].shape
+    np.testing.assert_array_equal(decoded(data_block["layers"][0]["data"], shape), truth[1])
+    np.testing.assert_array_equal(decoded(data_block["layers"][1]["data"], shape), truth[2])
+    assert "<td>2</td><td>3</td><td><b>1.000</b></td>" in page
+    # without the images next to the truth, the report says where to point it
+    (data / "a.npy").unlink()
+    np.save(data / "other.npy", np.ones((2, 2, 2), dtype=np.float32) * np.arange(2))
+    with pytest.raises(FileNotFoundError, match="no image for case a to draw its report; give the folder"):
+        from hyperseg.evaluate import write_reports
+
+        write_reports(pred, labels, data)

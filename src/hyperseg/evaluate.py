@@ -11,6 +11,12 @@ paired with levels 1, 2, 3, ... in order. Dice and IoU follow the paper:
 Hungarian matching of clusters to classes, averaged over classes, then
 mean and standard deviation over volumes. Predictions without ground truth
 are not scored and are named in the summary (``no_truth``).
+
+:func:`write_reports` (``hyperseg evaluate --report``) draws every scored
+case beside its ground truth, each cluster in the colour of the class it is
+matched to: ``PRED/{case}_evaluation.png`` (mid-slices) and
+``PRED/{case}_evaluation.html`` (:mod:`hyperseg.report_html`, with the Dice
+table, and the disk when ``{case}_embedding.npy`` is there).
 """
 from __future__ import annotations
 
@@ -144,3 +150,42 @@ def format_table(summary: dict) -> str:
     if missing:
         lines += ["", missing]
     return "\n".join(lines)
+
+
+def write_reports(pred_dir: str | Path, labels_dir: str | Path, images_dir: str | Path) -> list[Path]:
+    """For every case with predictions and ground truth, and an image in ``images_dir`` (any format
+    :func:`hyperseg.data.io.find_cases` reads), write ``{case}_evaluation.png`` and ``.html`` into
+    ``pred_dir``; returns the files written. Levels are paired with truth by :func:`hyperseg.report.truth_for`
+    (the level with ``K`` classes, else the nearest)."""
+    from .data.io import find_cases, read_case
+    from .report import save_slices_png
+    from .report_html import save_html_report
+
+    pred_dir, labels_dir = Path(pred_dir), Path(labels_dir)
+    preds: dict[str, dict[int, Path]] = {}
+    for p in sorted(pred_dir.iterdir()):
+        m = PRED_RE.match(case_name(p)) if is_volume_file(p) else None
+        if m:
+            preds.setdefault(m["case"], {})[int(m["k"])] = p
+    truth_files: dict[str, dict[int, Path]] = {}
+    for (case, level), path in find_truth(labels_dir).items():
+        truth_files.setdefault(case, {})[level] = path
+    images = {c.name: c for c in find_cases(images_dir)}
+    missing = sorted(c for c in preds if c in truth_files and c not in images)
+    if missing:
+        raise FileNotFoundError(f"{images_dir}: no image for case {missing[0]} to draw its report; give the folder "
+                                "of the segmented volumes with --images")
+    written: list[Path] = []
+    for case in sorted(c for c in preds if c in truth_files):
+        image = read_case(images[case]).array[0]
+        labels = {k: read_labels(f) for k, f in sorted(preds[case].items())}
+        truth = {lvl: read_labels(f) for lvl, f in sorted(truth_files[case].items())}
+        emb_file = pred_dir / f"{case}_embedding.npy"
+        embedding = np.load(emb_file) if emb_file.is_file() else None
+        if embedding is not None and embedding.shape[:3] != image.shape:
+            embedding = None
+        written.append(save_slices_png(pred_dir / f"{case}_evaluation.png", image, labels, truth,
+                                       title=f"{case}: clusters in the colours of their matched classes"))
+        written.append(save_html_report(pred_dir / f"{case}_evaluation.html", image, labels, embedding,
+                                        title=f"{case}: evaluation", truth=truth))
+    return written
