@@ -57,7 +57,7 @@ STAGES: dict[str, dict] = {
     "mri preset": {"preset": "mri"},
 }
 #: segmentation-stage fields a stage may set; the rest come from the run
-STAGE_FIELDS = ("hierarchy", "foreground", "clustering", "level_clustering", "smooth_sigma", "level_smooth_sigma",
+STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering", "smooth_sigma", "level_smooth_sigma",
                 "intensity_weight", "potts_beta", "potts_method", "potts_iter", "refine", "embedding_weight",
                 "refine_iter")
 

@@ -30,9 +30,13 @@ TREE_HIERARCHIES = ("divisive", "agglomerative")
 #: How a level's assignment is refined (regularize.py): one pass of the clustering's log-likelihoods plus the
 #: intensity term, or hidden-MRF EM of a diagonal Gaussian per cluster on the embedding and the intensities.
 REFINE_METHODS = ("once", "hmrf_em")
-#: Where the foreground of hierarchy "foreground" comes from: the 2-cluster level of the embedding, or the
-#: automatic intensity mask of ANTs' get_mask (data/masks.py).
-FOREGROUNDS = ("split", "threshold")
+#: Where the foreground of hierarchy "foreground" comes from: the 2-cluster level of the embedding, the
+#: automatic intensity mask of ANTs' get_mask (data/masks.py), or whichever of the two the data call for ("auto":
+#: the mask, with the stage of ``masked_stage``, where the two agree; segment.py).
+FOREGROUNDS = ("split", "threshold", "auto")
+#: Segmentation fields ``Config.masked_stage`` may set: the refinement of the levels inside an intensity mask.
+MASKED_STAGE_FIELDS = ("refine", "embedding_weight", "intensity_weight", "potts_beta", "potts_method", "potts_iter",
+                       "refine_iter")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 TRIPLET_DISTANCES = ("distance", "squared")
@@ -142,8 +146,17 @@ class Config:
     hierarchy: str = "foreground"
     # the foreground of hierarchy "foreground": "split", the 2-cluster level (the border cluster where it
     # touches the border is background); "threshold", the automatic intensity mask of ANTs' get_mask
-    # (voxels above the mean, opened, largest component, holes filled: data/masks.py; the "mri" preset)
-    foreground: str = "split"
+    # (voxels above the mean, opened, largest component, holes filled: data/masks.py; the "mri" preset);
+    # "auto" (default): the mask where it agrees with the split (Dice >= foreground_agreement: an object brighter
+    # than its background, as a brain in a T1 scan), its levels then refined with masked_stage's fields on top,
+    # else the split with this configuration's own refinement. Chosen on Colin27 and the synthetic validation
+    # volumes (BENCHMARKS.md): the mask and the split agree to 0.975 on Colin27, to at most 0.67 on synthetic cells
+    foreground: str = "auto"
+    foreground_agreement: float = 0.9
+    # the refinement fields used inside the intensity mask when foreground "auto" picks it (FSL FAST's recipe:
+    # hidden-MRF EM led by intensity, the embedding's log-likelihood at weight 0.1); keys from MASKED_STAGE_FIELDS
+    masked_stage: dict[str, Any] = field(default_factory=lambda: {
+        "refine": "hmrf_em", "embedding_weight": 0.1, "intensity_weight": 1.0, "potts_beta": 1.0})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -278,6 +291,16 @@ class Config:
              f"level's own clustering), got hierarchy {self.hierarchy!r}; set them to 0 or use another hierarchy")
         need(self.foreground in FOREGROUNDS,
              f"foreground must be one of {', '.join(FOREGROUNDS)}, got {self.foreground!r}")
+        need(0.0 <= self.foreground_agreement <= 1.0,
+             f"foreground_agreement must be a Dice between 0 and 1, got {self.foreground_agreement}")
+        need(isinstance(self.masked_stage, dict) and set(self.masked_stage) <= set(MASKED_STAGE_FIELDS),
+             f"masked_stage may set only {', '.join(MASKED_STAGE_FIELDS)}, got {self.masked_stage!r}")
+        if self.masked_stage and self.hierarchy == "foreground" and self.foreground == "auto":
+            try:  # the masked stage's own values are checked by the same rules, as the configuration they make
+                self.masked_config()
+            except ValueError as err:
+                raise ValueError(f"invalid configuration: masked_stage {self.masked_stage!r}: "
+                                 f"{str(err).removeprefix('invalid configuration: ')}") from None
         need(self.refine in REFINE_METHODS, f"refine must be one of {', '.join(REFINE_METHODS)}, got {self.refine!r}")
         need(self.embedding_weight >= 0, f"embedding_weight must be >= 0 (0 = intensities only), "
              f"got {self.embedding_weight}")
@@ -288,6 +311,12 @@ class Config:
              f"'foreground', got {self.hierarchy!r}")
         need(self.refine != "hmrf_em" or self.embedding_weight + self.intensity_weight > 0,
              "refine 'hmrf_em' needs embedding_weight or intensity_weight above 0")
+
+    def masked_config(self) -> "Config":
+        """This configuration with :attr:`masked_stage` on top and ``foreground: threshold``: the stage
+        ``foreground: auto`` runs where it picks the intensity mask."""
+        # masked_stage {} in the result: it is applied, and checking it again would recurse
+        return dataclasses.replace(self, foreground="threshold", masked_stage={}, **self.masked_stage)
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -27,14 +27,17 @@ def auto_mask(image: np.ndarray, cleanup: int = 2) -> np.ndarray:
     Voxels ``>= mean(image)``; then, with ``cleanup = r > 0``: erosion by ITK's ball of
     radius ``r`` voxels (:func:`_ball`), the largest 6-connected component, dilation by the
     same ball, holes filled. An empty result retries with ``r - 1``, as ANTs
-    does.
+    does. Outside the volume counts as foreground for the erosion (ITK's
+    ``BinaryErodeImageFilter`` default, ``BoundaryToForeground`` on), so a region
+    that fills the volume to its faces keeps them; scipy's default would erode
+    ``r`` voxels from every face.
     """
     x = np.asarray(image, dtype=np.float64)
     if x.ndim != 3:
         raise ValueError(f"auto_mask: expected a (D, H, W) image, got shape {x.shape}; give one scalar volume")
     raw = x >= x.mean()
     for r in range(int(cleanup), 0, -1):
-        m = ndi.binary_erosion(raw, _ball(r))
+        m = ndi.binary_erosion(raw, _ball(r), border_value=1)
         lab, n = ndi.label(m)
         if n == 0:
             continue

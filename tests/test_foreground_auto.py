@@ -1,0 +1,110 @@
+"""``foreground: auto``: the intensity mask and FAST's recipe where the mask agrees with the 2-cluster split,
+the split and the configuration's own refinement where it does not."""
+import numpy as np
+import pytest
+
+from hyperseg.config import Config
+from hyperseg.segment import mask_agreement, segment_embedding
+
+
+def _ball_scene(object_brighter: bool, shape=(28, 28, 28), seed=0):
+    """A ball of two tissues (inner core, outer shell) in a background that touches every face.
+
+    Returns raw intensities ``(1, D, H, W)`` and a stand-in embedding ``(D, H, W, 2)`` in the ball: a point per
+    region (background, shell, core) plus noise, so the 2-cluster split is the ball whatever the intensities.
+    """
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij")
+    r = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+    region = np.where(r < 6, 2, np.where(r < 10, 1, 0))
+    levels = np.array([0.0, 2.0, 3.0]) if object_brighter else np.array([3.0, 0.0, 1.0])
+    raw = levels[region] + 0.15 * rng.standard_normal(shape)
+    centres = np.array([[0.0, 0.0], [0.35, 0.1], [0.1, 0.35]])
+    emb = centres[region] + 0.03 * rng.standard_normal(shape + (2,))
+    return raw[None].astype(np.float32), emb.astype(np.float32), region
+
+
+def _segment(cfg, raw, emb, levels=(2, 3)):
+    x = (raw - raw.mean()) / raw.std()
+    return segment_embedding(cfg, emb, x, list(levels), array=raw)
+
+
+def test_mask_agreement_is_the_dice_of_the_two_foregrounds():
+    rng = np.random.default_rng(1)
+    a, b = rng.random(500) < 0.3, rng.random(500) < 0.5
+    naive = 2 * sum(1 for i in range(500) if a[i] and b[i]) / (sum(a) + sum(b))
+    assert mask_agreement(a, b) == pytest.approx(naive)
+    assert mask_agreement(a, a) == 1.0 and mask_agreement(a, ~a) == 0.0
+    assert mask_agreement(np.zeros(5, bool), np.zeros(5, bool)) == 1.0
+
+
+def test_a_bright_object_on_a_dark_background_is_segmented_inside_the_mask_with_the_masked_stage():
+    raw, emb, region = _ball_scene(object_brighter=True)
+    cfg = Config(latent_dim=2, kmeans_n_init=2)
+    assert cfg.foreground == "auto"
+    seg = _segment(cfg, raw, emb)
+    assert seg.foreground == "mask" and seg.agreement >= cfg.foreground_agreement
+    # the same labels as the intensity mask with the masked stage's fields, set by hand
+    by_hand = _segment(cfg.replace(foreground="threshold", **cfg.masked_stage), raw, emb)
+    for k in (2, 3):
+        np.testing.assert_array_equal(seg.labels[k], by_hand.labels[k])
+    # and the masked stage is what refines: the mask with the configuration's own refinement is another answer
+    own = _segment(cfg.replace(foreground="threshold"), raw, emb)
+    assert own.foreground == "mask" and (own.labels[3] != seg.labels[3]).any()
+    # the two tissues are found: every region one label, up to the partial-volume rim of the mask
+    inner = region > 0
+    lab3 = seg.labels[3]
+    for k in (1, 2):
+        vals, counts = np.unique(lab3[region == k], return_counts=True)
+        assert counts.max() / counts.sum() > 0.9
+    assert (seg.labels[2][inner] == 1).mean() > 0.97
+
+
+def test_where_the_mask_is_something_else_the_split_and_the_default_refinement_are_kept():
+    raw, emb, region = _ball_scene(object_brighter=False)  # the background is the brightest region
+    cfg = Config(latent_dim=2, kmeans_n_init=2)
+    seg = _segment(cfg, raw, emb)
+    assert seg.foreground == "split" and seg.agreement < cfg.foreground_agreement
+    split = _segment(cfg.replace(foreground="split"), raw, emb)
+    assert split.foreground == "split" and split.agreement is None
+    for k in (2, 3):
+        np.testing.assert_array_equal(seg.labels[k], split.labels[k])
+    assert (seg.labels[2] == (region > 0)).mean() > 0.97
+
+
+def test_the_agreement_threshold_decides():
+    raw, emb, _ = _ball_scene(object_brighter=True)
+    base = Config(latent_dim=2, kmeans_n_init=2)
+    seg = _segment(base, raw, emb)
+    assert _segment(base.replace(foreground_agreement=seg.agreement), raw, emb).foreground == "mask"
+    assert _segment(base.replace(foreground_agreement=min(1.0, seg.agreement + 1e-6)), raw, emb).foreground == "split"
+
+
+def test_other_hierarchies_report_no_foreground():
+    raw, emb, _ = _ball_scene(object_brighter=True)
+    seg = _segment(Config(latent_dim=2, kmeans_n_init=2, hierarchy="independent"), raw, emb)
+    assert seg.foreground is None and seg.agreement is None
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"foreground_agreement": 1.5}, "foreground_agreement"),
+    ({"masked_stage": {"smooth_sigma": 1.0}}, "masked_stage may set only"),
+    ({"masked_stage": {"potts_beta": -1.0}}, "masked_stage"),
+    ({"masked_stage": {"refine": "gibbs"}}, "refine must be one of"),
+    ({"foreground": "brightest"}, "foreground must be one of"),
+])
+def test_the_masked_stage_is_validated_with_the_configuration(changes, words):
+    with pytest.raises(ValueError, match=words):
+        Config(**changes)
+
+
+def test_a_tree_hierarchy_does_not_check_a_masked_stage_it_never_runs():
+    cfg = Config(hierarchy="divisive", intensity_weight=0.0, potts_beta=0.0)
+    assert cfg.masked_stage["refine"] == "hmrf_em"
+
+
+def test_the_masked_stage_round_trips_through_yaml(tmp_path):
+    cfg = Config(masked_stage={"refine": "hmrf_em", "embedding_weight": 0.0, "intensity_weight": 1.0})
+    cfg.save(tmp_path / "c.yaml")
+    assert Config.load(tmp_path / "c.yaml") == cfg
+    assert cfg.masked_config().foreground == "threshold" and cfg.masked_config().embedding_weight == 0.0
