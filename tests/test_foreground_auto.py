@@ -108,3 +108,14 @@ def test_the_masked_stage_round_trips_through_yaml(tmp_path):
     cfg.save(tmp_path / "c.yaml")
     assert Config.load(tmp_path / "c.yaml") == cfg
     assert cfg.masked_config().foreground == "threshold" and cfg.masked_config().embedding_weight == 0.0
+
+
+@pytest.mark.parametrize("choice", ["split", "threshold", "auto"])
+def test_segment_foreground_option_sets_the_field(choice):
+    from hyperseg.cli import build_parser
+    from hyperseg.cli.segment import segment_config
+
+    args = build_parser().parse_args(["segment", "-m", "RUN", "-i", "IN", "-o", "OUT", "--foreground", choice])
+    assert segment_config(Config(foreground="split"), args).foreground == choice
+    args = build_parser().parse_args(["segment", "-m", "RUN", "-i", "IN", "-o", "OUT"])
+    assert segment_config(Config(foreground="split"), args).foreground == "split"  # a run keeps its own

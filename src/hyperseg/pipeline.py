@@ -102,7 +102,8 @@ def segment_volume(
                           "ask for fewer clusters (levels)")
     seg = segment_array(model, x, ks, seed=seed, progress=progress, mask=m)
     labels = {k: resample_nearest(v, shape) for k, v in seg.labels.items()}
-    return Segmentation(labels=labels, embedding=resample_nearest(seg.embedding, shape))
+    return Segmentation(labels=labels, embedding=resample_nearest(seg.embedding, shape), foreground=seg.foreground,
+                        agreement=seg.agreement)
 
 
 def embed_volume_on_grid(model: HyperVAE, volume: Volume, mask: np.ndarray | None = None,

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import CLUSTERINGS, HIERARCHIES, POTTS_METHODS, REFINE_METHODS, TREE_HIERARCHIES, Config
+from ..config import CLUSTERINGS, FOREGROUNDS, HIERARCHIES, POTTS_METHODS, REFINE_METHODS, TREE_HIERARCHIES, Config
 from .common import OUTPUT_FORMAT_CHOICES, USER_ERRORS, UserError, add_common, add_nan_policy
 
 if TYPE_CHECKING:  # imported where used: building the parser must not import torch
@@ -66,7 +66,7 @@ OPTION_FIELDS = {"levels": "levels", "patch_edge": "embed_patch_edge", "hierarch
                  "clustering": "clustering", "smooth": "smooth_sigma", "level_smooth": "level_smooth_sigma",
                  "level_clustering": "level_clustering", "intensity_weight": "intensity_weight",
                  "potts_beta": "potts_beta", "potts_method": "potts_method", "refine": "refine",
-                 "embedding_weight": "embedding_weight"}
+                 "embedding_weight": "embedding_weight", "foreground": "foreground"}
 
 
 def _level_value(kind: str, example: str, convert):
@@ -106,6 +106,11 @@ def add_parser(sub) -> None:
                         "background at 2 clusters and clusters every finer level inside the foreground; "
                         "'independent' clusters each level on its own (the paper); 'divisive' / 'agglomerative' "
                         "cut every level from one k-means tree (no intensity term or Potts prior)")
+    p.add_argument("--foreground", choices=list(FOREGROUNDS),
+                   help="with --hierarchy foreground, where the foreground comes from: 'split' (the 2-cluster "
+                        "level), 'threshold' (the automatic intensity mask, as ANTs' get_mask) or 'auto' (the "
+                        "default of new runs: the mask, refined by FSL FAST's recipe, where it agrees with the "
+                        "split, as for a brain in a T1 scan; else the split)")
     p.add_argument("--clustering", choices=list(CLUSTERINGS),
                    help="one method for every level: hyperbolic k-means (the paper), a mixture with a scale "
                         "per cluster, or k-medians (geometric-median centroids: large regions are not outvoted "
@@ -174,7 +179,7 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
         changes.update(clustering=args.clustering, level_clustering={})
     if args.smooth is not None:
         changes["smooth_sigma"] = args.smooth
-    for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight"):
+    for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight", "foreground"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
     if changes.get("hierarchy") in TREE_HIERARCHIES:
