@@ -181,7 +181,7 @@ def write_reports(pred_dir: str | Path, labels_dir: str | Path, images_dir: str 
         labels = {k: read_labels(f) for k, f in sorted(preds[case].items())}
         truth = {lvl: read_labels(f) for lvl, f in sorted(truth_files[case].items())}
         emb_file = pred_dir / f"{case}_embedding.npy"
-        embedding = np.load(emb_file) if emb_file.is_file() else None
+        embedding = np.load(emb_file, allow_pickle=False) if emb_file.is_file() else None
         if embedding is not None and embedding.shape[:3] != image.shape:
             embedding = None
         written.append(save_slices_png(pred_dir / f"{case}_evaluation.png", image, labels, truth,

@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         truth = {lvl: read_labels(data / "test" / "labels" / f"{case.name}_level{lvl}.nii.gz") for lvl in levels}
         volume = read_case(case)
         png = save_slices_png(out / "demo.png", volume.array[0], maps, truth, title=f"{case.name}: hyperseg demo")
-        page = save_html_report(out / "demo_report.html", volume.array[0], maps, np.load(written["embedding"]),
+        embedding = np.load(written["embedding"], allow_pickle=False)
+        page = save_html_report(out / "demo_report.html", volume.array[0], maps, embedding,
                                 c=cfg.c if cfg.latent == "hyperbolic" else None, spacing=volume.spacing,
                                 title=f"{case.name}: hyperseg demo", truth=truth, seed=args.seed)
         print(f"wrote {png} and {page}")
