@@ -42,16 +42,20 @@ PAPER_STAGE = {"hierarchy": "independent", "clustering": "kmeans", "level_cluste
 #: name -> Config fields on top of the run's (``"preset"``: a shipped preset's fields first)
 STAGES: dict[str, dict] = {
     "paper segmentation stage (k-means per level, no smoothing)": PAPER_STAGE,
-    "+ smoothing sigma 2, k-medians at 2 clusters (previous default)": {
+    "+ smoothing sigma 2, k-medians at 2 clusters": {
         "hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once"},
-    "+ finer levels inside the foreground": {"hierarchy": "foreground", "intensity_weight": 0.0,
-                                             "potts_beta": 0.0, "refine": "once"},
-    "+ intensity term (weight 6)": {"hierarchy": "foreground", "intensity_weight": 6.0, "potts_beta": 0.0,
-                                    "refine": "once"},
-    "+ Potts prior (beta 4, mean field) = default": {"hierarchy": "foreground", "intensity_weight": 6.0,
-                                                     "potts_beta": 4.0, "refine": "once"},
-    "default without the intensity term": {"hierarchy": "foreground", "intensity_weight": 0.0,
-                                           "potts_beta": 4.0, "refine": "once"},
+    "+ finer levels inside the 2-cluster split": {"hierarchy": "foreground", "foreground": "split",
+                                                  "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once"},
+    "+ intensity term (weight 6)": {"hierarchy": "foreground", "foreground": "split", "intensity_weight": 6.0,
+                                    "potts_beta": 0.0, "refine": "once"},
+    "+ Potts prior (beta 4, mean field) (previous default)": {"hierarchy": "foreground", "foreground": "split",
+                                                              "intensity_weight": 6.0, "potts_beta": 4.0,
+                                                              "refine": "once"},
+    "+ intensity mask and FAST's recipe where it agrees with the split (foreground auto) = default": {},
+    "default, its masked stage intensity only": {"masked_stage": {"refine": "hmrf_em", "embedding_weight": 0.0,
+                                                                  "intensity_weight": 1.0, "potts_beta": 1.0}},
+    "default without the intensity term": {"foreground": "split", "intensity_weight": 0.0, "potts_beta": 4.0,
+                                           "refine": "once"},
     "default, independent levels": {"hierarchy": "independent", "intensity_weight": 6.0, "potts_beta": 4.0,
                                     "refine": "once"},
     "mri preset": {"preset": "mri"},
@@ -105,6 +109,7 @@ def main() -> None:
     stages = list(STAGES) if args.stages is None else args.stages
     scores = {s: [] for s in stages}  # per run: {level: [dice per volume]}
     cpu = {s: 0.0 for s in stages}
+    masked = {s: 0 for s in stages}  # volumes whose foreground was the intensity mask (foreground auto/threshold)
     truth = {f: {lvl: read_labels(args.data / "labels" / f"{f.name[:-7]}_level{lvl}.nii.gz") for lvl in LEVELS}
              for f in files}
     for i, run in enumerate(args.runs):
@@ -119,6 +124,7 @@ def main() -> None:
                 t = time.process_time()
                 seg = segment_embedding(cfg, emb, x, list(LEVELS.values()), seed=0, array=raw)
                 cpu[s] += time.process_time() - t
+                masked[s] += seg.foreground == "mask"
                 for lvl, k in LEVELS.items():
                     per[s][lvl].append(mean_dice(seg.labels[k], truth[f][lvl]))
             print(f"run {i} {f.name} done", flush=True)
@@ -151,7 +157,8 @@ def main() -> None:
         rows.append({"row": s, "kind": "hyperseg", "config": STAGES[s], "n_runs": len(args.runs), "cases": len(files),
                      **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in means.items()},
                      **{f"dice_level{lvl}_run_std": round(float(np.std(v)), 4) for lvl, v in means.items()},
-                     "cpu_seconds_per_volume": round(cpu[s] / (len(files) * len(args.runs)), 3)})
+                     "cpu_seconds_per_volume": round(cpu[s] / (len(files) * len(args.runs)), 3),
+                     "volumes_in_intensity_mask": masked[s], "volumes_scored": len(files) * len(args.runs)})
     if args.peers:
         from hyperseg.comparison.peers import PEERS
 
@@ -170,13 +177,15 @@ def main() -> None:
                          **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in per.items()},
                          "cpu_seconds_per_volume": round((time.process_time() - t) / len(files), 3)})
             print(f"{name} done", flush=True)
-    lines = ["| row | level 1 | level 2 | level 3 | CPU s / volume |", "|---|---|---|---|---|"]
+    lines = ["| row | level 1 | level 2 | level 3 | CPU s / volume | volumes in the intensity mask |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         cells = []
         for lvl in LEVELS:
             sd = r.get(f"dice_level{lvl}_run_std")
             cells.append(f"{r[f'dice_level{lvl}']:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
-        lines.append(f"| {r['row']} | {' | '.join(cells)} | {r['cpu_seconds_per_volume'] or '-'} |")
+        mask = f"{r['volumes_in_intensity_mask']} / {r['volumes_scored']}" if "volumes_scored" in r else "-"
+        lines.append(f"| {r['row']} | {' | '.join(cells)} | {r['cpu_seconds_per_volume'] or '-'} | {mask} |")
     md = "\n".join(lines)
     print(md)
     _record.write(args.out, __file__, md, rows, runs=[str(r) for r in args.runs], data=str(args.data),

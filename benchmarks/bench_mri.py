@@ -30,9 +30,14 @@ reused by every hyperseg row of the setting, then the
 encoder's means of every voxel (:func:`hyperseg.embed.embed_volume`, once per
 setting) are segmented at levels 2 and 3 by
 :func:`hyperseg.segment.segment_embedding` with the row's segmentation stage
-(what :func:`hyperseg.pipeline.segment_volume` runs on an isotropic volume): the default, the paper's, the default without the intensity
-term, the ``mri`` preset and that preset with the embedding weight at 0 (its
-intensity-only version: same mask, same prior). Each row runs in a fresh
+(what :func:`hyperseg.pipeline.segment_volume` runs on an isotropic volume): the default
+(``foreground: auto``), its intensity-only version (the masked stage with the
+embedding weight at 0: same mask, same prior, same EM), the previous default
+(the 2-cluster split as foreground) with and without its intensity term, the
+paper's stage and the ``mri`` preset. The row "hyperseg default, Euclidean
+model" trains its own model per setting (``latent: euclidean``, ``decoder_input:
+linear``, same budget; run folder ``{setting}_decoder_input-linear_latent-euclidean``)
+and segments it with the default stage. Each row runs in a fresh
 process (``spawn``) that loads the degraded volume; ``seconds`` is the wall time
 of the row's calls (for hyperseg rows the segmentation, with the training in
 ``train_seconds``, and the embedding pass, run once per setting and
@@ -66,12 +71,17 @@ HYPERSEG = "hyperseg default"
 #: segmentation stages (Config fields on top of the field defaults, bench_default.stage_config).
 HYPERSEG_ROWS: dict[str, dict] = {
     HYPERSEG: {},
+    "hyperseg default, intensity only": {"masked_stage": {"refine": "hmrf_em", "embedding_weight": 0.0,
+                                                          "intensity_weight": 1.0, "potts_beta": 1.0}},
+    "hyperseg default, Euclidean model": {"latent": "euclidean", "decoder_input": "linear"},
+    "hyperseg split foreground (previous default)": {"foreground": "split"},
+    "hyperseg split foreground, embedding only": {"foreground": "split", "intensity_weight": 0.0},
     "hyperseg paper segmentation stage": {"hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0,
                                           "smooth_sigma": 0.0, "level_clustering": {}, "refine": "once"},
-    "hyperseg default, embedding only": {"intensity_weight": 0.0},
     "hyperseg mri preset": {"preset": "mri"},
-    "hyperseg mri preset, intensity only": {"preset": "mri", "embedding_weight": 0.0},
 }
+#: rows whose model is trained with other Config fields than the default (their own run folder per setting)
+MODEL_FIELDS = ("latent", "decoder_input")
 LEVELS = (2, 3)
 BIAS_SEED = 27
 BIAS_DEGREE = 3
@@ -155,9 +165,11 @@ def score(labels: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------
-def train_or_load(x: np.ndarray, run: Path, minutes: float | None, steps: int | None) -> tuple[object, dict]:
+def train_or_load(x: np.ndarray, run: Path, minutes: float | None, steps: int | None,
+                  model_fields: dict | None = None) -> tuple[object, dict]:
     """The default model of this setting: loaded from ``run`` when it holds one, else trained there
-    (``Config(in_channels=1)``, ``--minutes`` or ``--steps``, what ``hyperseg train`` runs)."""
+    (``Config(in_channels=1)`` with ``model_fields`` on top, ``--minutes`` or ``--steps``, what
+    ``hyperseg train`` runs)."""
     from hyperseg.checkpoint import load_model
     from hyperseg.config import Config
     from hyperseg.train import UNLIMITED_STEPS, train
@@ -167,7 +179,7 @@ def train_or_load(x: np.ndarray, run: Path, minutes: float | None, steps: int | 
         model = load_model(run)
         trained = False
     else:
-        model = train(Config().replace(in_channels=1), [x[None]], run,
+        model = train(Config().replace(in_channels=1, **(model_fields or {})), [x[None]], run,
                       steps=UNLIMITED_STEPS if steps is None else steps,
                       minutes=minutes if steps is None else None, progress=False, device="cpu")
         trained = True
@@ -200,7 +212,11 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, se
 
             if len(set(spacing)) != 1:
                 raise ValueError("bench_mri.py: the hyperseg rows need isotropic voxels (no resampling)")
-            model, extra = train_or_load(x, Path(run), minutes, steps)
+            spec = dict(HYPERSEG_ROWS[row])
+            model_fields = {k: spec.pop(k) for k in MODEL_FIELDS if k in spec}
+            if model_fields:  # another model: its own run folder
+                run = f"{run}_" + "_".join(f"{k}-{v}" for k, v in sorted(model_fields.items()))
+            model, extra = train_or_load(x, Path(run), minutes, steps, model_fields)
             model.eval()
             extra["config"] = HYPERSEG_ROWS[row]
             # the encoder's output does not depend on the segmentation stage: embedded once per setting
@@ -214,7 +230,7 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, se
                 embed_seconds = time.perf_counter() - t1
                 np.save(cache, emb)
                 timing.write_text(json.dumps({"seconds": embed_seconds}))
-            cfg = stage_config(model.cfg, HYPERSEG_ROWS[row])
+            cfg = stage_config(model.cfg, spec)
             t0 = time.perf_counter() - embed_seconds  # seconds = the embedding pass + this row's stage
             seg = segment_embedding(cfg, emb, xn, list(LEVELS), seed=seed, array=x[None])
             extra["embed_seconds"] = embed_seconds

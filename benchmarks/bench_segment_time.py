@@ -24,8 +24,9 @@ from hyperseg.checkpoint import load_model
 from hyperseg.data.io import read_volume
 from hyperseg.pipeline import segment_volume
 
-DEFAULT_STAGES = ["+ smoothing sigma 2, k-medians at 2 clusters (previous default)",
-                  "+ Potts prior (beta 4, mean field) = default", "mri preset"]
+DEFAULT_STAGES = ["+ Potts prior (beta 4, mean field) (previous default)",
+                  "+ intensity mask and FAST's recipe where it agrees with the split (foreground auto) = default",
+                  "mri preset"]
 
 
 def main() -> None:
