@@ -78,10 +78,19 @@ HYPERSEG_ROWS: dict[str, dict] = {
     "hyperseg split foreground, embedding only": {"foreground": "split", "intensity_weight": 0.0},
     "hyperseg paper segmentation stage": {"hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0,
                                           "smooth_sigma": 0.0, "level_clustering": {}, "refine": "once"},
+    # the default's parts one at a time, as bench_default.STAGES
+    "hyperseg + smoothing sigma 2, k-medians at 2 clusters": {"hierarchy": "independent", "intensity_weight": 0.0,
+                                                              "potts_beta": 0.0, "refine": "once"},
+    "hyperseg + finer levels inside the 2-cluster split": {"foreground": "split", "intensity_weight": 0.0,
+                                                           "potts_beta": 0.0},
+    "hyperseg + intensity term (weight 6)": {"foreground": "split", "potts_beta": 0.0},
     "hyperseg mri preset": {"preset": "mri"},
+    # the paper's configuration end to end: its own model (hyperseg train --preset paper) and its stage
+    "hyperseg paper preset": {"preset": "paper", "train_preset": "paper"},
 }
-#: rows whose model is trained with other Config fields than the default (their own run folder per setting)
-MODEL_FIELDS = ("latent", "decoder_input")
+#: rows whose model is trained with other Config fields than the default (their own run folder per setting);
+#: ``train_preset``: the model is trained from that shipped preset (``hyperseg train --preset NAME``)
+MODEL_FIELDS = ("latent", "decoder_input", "train_preset")
 LEVELS = (2, 3)
 BIAS_SEED = 27
 BIAS_DEGREE = 3
@@ -179,7 +188,10 @@ def train_or_load(x: np.ndarray, run: Path, minutes: float | None, steps: int | 
         model = load_model(run)
         trained = False
     else:
-        model = train(Config().replace(in_channels=1, **(model_fields or {})), [x[None]], run,
+        fields = dict(model_fields or {})
+        preset = fields.pop("train_preset", None)
+        cfg = Config.from_preset(preset) if preset else Config()
+        model = train(cfg.replace(in_channels=1, **fields), [x[None]], run,
                       steps=UNLIMITED_STEPS if steps is None else steps,
                       minutes=minutes if steps is None else None, progress=False, device="cpu")
         trained = True
