@@ -32,6 +32,12 @@ with :func:`write_label_map` lies voxel for voxel on the input's grid.
 * **NumPy** (``.npy``): 3D ``(D, H, W)`` or 4D channels-first
   ``(C, D, H, W)``; voxel size 1. Arrays of Python objects are refused
   without unpickling them.
+* **Zarr / OME-Zarr** (a folder ``*.zarr`` / ``*.ome.zarr``, :mod:`hyperseg.data.zarr_io`):
+  a multiscale OME-Zarr image (level ``zarr_level`` of :func:`read_case`, 0 by
+  default) or a plain Zarr array, ``D, H, W`` its three spatial axes as stored;
+  voxel size and offset from the NGFF ``coordinateTransformations``. Label
+  maps go to ``{case}.ome.zarr/labels/k{K}`` (NGFF labels) in the output
+  folder; a volume larger than memory is segmented by :mod:`hyperseg.chunked`.
 * **DICOM series** (pydicom, :mod:`hyperseg.data.dicom`): a folder of
   single-slice files (``.dcm``, or any name with the DICOM marker), or a
   folder of such folders, one case per series. ``D, H, W`` = rows, columns,
@@ -85,12 +91,13 @@ class VolumeError(ValueError):
 
 @dataclass
 class Case:
-    """One input case: a single file, nnU-Net channel files sorted by channel index, or
-    (``dicom=True``) the slice files of one DICOM series."""
+    """One input case: a single file, nnU-Net channel files sorted by channel index,
+    (``dicom=True``) the slice files of one DICOM series, or (``zarr=True``) one Zarr store."""
 
     name: str
     files: list[Path]
     dicom: bool = False
+    zarr: bool = False
 
 
 @dataclass
@@ -195,9 +202,33 @@ def find_cases(path: str | Path) -> list[Case]:
     ``labels/``) are ignored, except that every DICOM series in the folder
     or in a subfolder is a case (named after its folder,
     :func:`hyperseg.data.dicom.series_case_names`); a DICOM file stands for
-    its series. Missing channels are reported by :func:`read_case`, so that
+    its series, and every Zarr store (a folder ``*.zarr``, ``*.ome.zarr`` or any folder holding a
+    Zarr group or array) in the folder, or the folder itself, is a case (``zarr=True``, named
+    without the suffix). Missing channels are reported by :func:`read_case`, so that
     one bad case does not stop a folder.
     """
+    from .zarr_io import is_zarr_store, zarr_case_name
+
+    path = Path(path)
+    if is_zarr_store(path):
+        return [Case(zarr_case_name(path), [path], zarr=True)]
+    zarrs = [Case(zarr_case_name(p), [p], zarr=True) for p in sorted(path.iterdir())
+             if not p.name.startswith(".") and is_zarr_store(p)] if path.is_dir() else []
+    if not zarrs:
+        return _find_file_cases(path)
+    try:
+        others = _find_file_cases(path)
+    except FileNotFoundError:
+        others = []
+    taken = {c.name: c for c in others}
+    for c in zarrs:
+        if c.name in taken:
+            raise VolumeError(f"{c.files[0]}: Zarr case {c.name} clashes with {taken[c.name].files[0]}; rename one")
+    return sorted(others + zarrs, key=lambda c: c.name)
+
+
+def _find_file_cases(path: Path) -> list[Case]:
+    """:func:`find_cases` for volume files and DICOM series (no Zarr stores)."""
     path = Path(path)
     if path.is_file() and not volume_suffix(path):
         dicom = _dicom_cases(path)
@@ -697,12 +728,13 @@ def _channel_index(path: Path, case: str) -> int | None:
     return int(m["channel"]) if m and m["case"] == case else None
 
 
-def read_case(case: Case, nan_policy: str = "error") -> Volume:
+def read_case(case: Case, nan_policy: str = "error", zarr_level: int = 0) -> Volume:
     """Read a case as a float32 ``(C, D, H, W)`` :class:`Volume` with the first file's geometry.
 
     nnU-Net channel files must be channels ``0..C-1`` without gaps, 3D, and of
     one spatial shape. ``nan_policy``: ``"error"`` (NaN/Inf voxels raise
     :class:`VolumeError`) or ``"fill"`` (replaced by the channel's median).
+    ``zarr_level``: the multiscale level of an OME-Zarr case (0 = full resolution).
     """
     if nan_policy not in NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -710,6 +742,8 @@ def read_case(case: Case, nan_policy: str = "error") -> Volume:
         raise VolumeError(f"{case.name}: the case has no files; give at least one volume file")
     if case.dicom:
         return _read_dicom_case(case, nan_policy)
+    if case.zarr:
+        return _read_zarr_case(case, nan_policy, zarr_level)
     files = [Path(f) for f in case.files]
     first = files[0]
     found = [_channel_index(f, case.name) for f in files]
@@ -759,6 +793,22 @@ def _read_dicom_case(case: Case, nan_policy: str) -> Volume:
     array = check_array(data, f"{folder} (DICOM series {case.name})", nan_policy)
     return Volume(array=array, affine=affine, header=nifti_header(affine), path=folder, spacing=spacing,
                   fmt=".dcm", case=case.name, unit="mm")
+
+
+def _read_zarr_case(case: Case, nan_policy: str, level: int) -> Volume:
+    """A Zarr / OME-Zarr store read whole into memory (:mod:`hyperseg.data.zarr_io`); ``fmt`` ``".ome.zarr"``,
+    ``header`` the :class:`~hyperseg.data.zarr_io.ZarrImage` (axes and metadata for the label images)."""
+    from .zarr_io import open_zarr
+
+    path = Path(case.files[0])
+    img = open_zarr(path, level)
+    promise = _Promise(path, tuple(int(n) for n in img.array.shape), np.dtype(img.array.dtype))
+    _check_promise(promise)
+    data = np.asarray(img.array.compute(scheduler="synchronous"))
+    where = f"{path}" if img.level is None else f"{path} (level {img.level})"
+    array = check_array(data, where, nan_policy)
+    return Volume(array=array, affine=img.affine, header=img, path=path, spacing=img.spacing, fmt=".ome.zarr",
+                  case=case.name, unit=img.unit)
 
 
 def read_volume(path: str | Path, nan_policy: str = "error") -> Volume:
