@@ -13,14 +13,14 @@ Steps, and which are exact
 1. **Normalisation statistics** (:class:`NormFit`) from a strided sample of
    the raw volume (every voxel when the volume has at most
    ``norm_sample`` voxels: then they are :func:`hyperseg.data.preprocess.normalize_for`'s).
-2. **Embedding and smoothing**, chunk by chunk (``dask.array.map_overlap``) with an
-   overlap of ``embed + smooth`` voxels (:func:`halos`): the encoder's
-   receptive field in native voxels (window geometry of :mod:`hyperseg.embed`,
-   trilinear neighbours included) plus the truncated Gaussian's radius
-   ``int(4 sigma + 0.5)`` (scipy's). At the volume's faces the chunk is not
-   padded by Dask, so the encoder's ``pad_mode`` and scipy's ``"nearest"`` see
-   the true border. The smoothed float64 field goes to a scratch Zarr array
-   (``8 d`` bytes per voxel) beside the output, removed at the end.
+2. **Embedding, then smoothing**, chunk by chunk (``dask.array.map_overlap``'s
+   overlap and trim), each pass stored to a scratch Zarr array beside the output
+   (``8 d`` bytes per voxel each, removed at the end): the encoder with an overlap
+   of its receptive field in native voxels (:func:`embed_radius`: the window
+   geometry of :mod:`hyperseg.embed`, trilinear neighbours included), then the
+   Gaussian smoothing with an overlap of its radius ``int(4 sigma + 0.5)``
+   (scipy's truncation). At the volume's faces Dask adds no overlap, so the
+   encoder's ``pad_mode`` and scipy's ``"nearest"`` see the true border.
 3. **Clustering** (:class:`LevelParams`) fitted on a sample of the smoothed points drawn across
    chunks (each chunk's share in proportion to its voxels, seeded by the
    chunk's index): :func:`hyperseg.segment.fit_level`'s centroids, and from the
@@ -128,6 +128,35 @@ class ChunkedFit:
     norm: NormFit
     levels: dict[int, LevelParams] = field(default_factory=dict)
     background: int | None = None
+
+
+def _jsonable(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def fit_to_dict(fit: ChunkedFit) -> dict:
+    """``fit`` as JSON-able data (stored in the output's ``hyperseg`` attributes); :func:`fit_from_dict` reads it."""
+    norm = {k: _jsonable(v) for k, v in vars(fit.norm).items()}
+    levels = {str(k): {f: _jsonable(v) for f, v in vars(lp).items()} for k, lp in fit.levels.items()}
+    return {"norm": norm, "levels": levels, "background": fit.background}
+
+
+def fit_from_dict(data: dict) -> ChunkedFit:
+    """The :class:`ChunkedFit` of :func:`fit_to_dict`'s data."""
+    def arr(v):
+        return None if v is None else np.asarray(v, dtype=np.float64)
+
+    n = data["norm"]
+    norm = NormFit(mean=arr(n["mean"]), std=arr(n["std"]), lo=arr(n["lo"]), hi=arr(n["hi"]), floor=n["floor"],
+                   enabled=bool(n["enabled"]))
+    levels = {int(k): LevelParams(centres=arr(v["centres"]), method=v["method"], spread=float(v["spread"]),
+                                  int_mean=arr(v["int_mean"]), int_var=arr(v["int_var"]), inside=bool(v["inside"]))
+              for k, v in data["levels"].items()}
+    return ChunkedFit(norm, levels, data["background"])
 
 
 @dataclass(frozen=True)
@@ -398,14 +427,14 @@ def _compute(collection, client=None, scheduler: str | None = None, progress: bo
     import dask
 
     if client is not None:
-        future = client.compute(collection)
+        futures = client.compute(collection)  # one future, or a list of them for a list
         if progress:
             from distributed import progress as show
 
             print(desc, flush=True)
-            show(future)
+            show(futures)
             print(flush=True)
-        return future.result()
+        return client.gather(futures)
     with dask.config.set(scheduler=scheduler or "threads"):
         if progress:
             from dask.diagnostics import ProgressBar
@@ -425,6 +454,13 @@ def _block_start(chunks: tuple[tuple[int, ...], ...], index: Sequence[int], dept
     return tuple(out)
 
 
+def _rechunked(x, least: int):
+    """``x`` ``(C, D, H, W)`` with one chunk along C and its spatial chunks' short last ones merged
+    (:func:`processing_chunks`), so that every chunk holds the overlap ``least``."""
+    spatial = processing_chunks(x.shape[1:], [c[0] for c in x.chunks[1:]], least)
+    return x.rechunk(((x.shape[0],), *spatial))
+
+
 def _overlapped(func: Callable, x, depth: int, channels: int, dtype):
     """``func`` over the blocks of ``x`` ``(C, D, H, W)`` overlapped by ``depth`` voxels on the spatial axes
     (none at the volume's faces), its ``(channels, ...)`` outputs trimmed back to the chunks: what
@@ -432,6 +468,9 @@ def _overlapped(func: Callable, x, depth: int, channels: int, dtype):
     import dask.array as da
 
     dep = {0: 0, 1: depth, 2: depth, 3: depth}
+    if any(len(c) > 1 and min(c) < depth for c in x.chunks[1:]):  # dask would rechunk: block offsets would move
+        raise ValueError(f"chunks {x.chunks[1:]} are shorter than the overlap of {depth} voxels; rechunk with "
+                         "processing_chunks()")
     g = da.overlap.overlap(x, depth=dep, boundary="none") if depth else x
     out = g.map_blocks(func, dtype=dtype, chunks=((channels,), *g.chunks[1:]), meta=np.empty((0,) * 4, dtype))
     return da.overlap.trim_internal(out, dep, boundary="none") if depth else out
@@ -447,29 +486,54 @@ def chunked_mean_field(loglik, beta: float, n_iter: int, depth: int | None = Non
     with an overlap of ``depth`` voxels (default ``2 n_iter``, what it needs): a dask array of the posteriors."""
     import dask.array as da
 
-    L = da.asarray(loglik)
-    L = L.rechunk(((L.shape[0],), *L.chunks[1:]))
     depth = 2 * n_iter if depth is None else depth
+    L = _rechunked(da.asarray(loglik), depth)
     func = partial(_mean_field_block, beta=beta, n_iter=n_iter, grid=L.chunks[1:], depth=depth)
     return _overlapped(func, L, depth, L.shape[0], np.float64)
 
 
-def embedding_field(model: HyperVAE, raw, norm: NormFit, cfg: Config, halo: Halo | None = None):
-    """The smoothed embedding of raw ``(C, D, H, W)`` (dask, chunked as it is) as a dask array ``(d, D, H, W)``
-    float64, each chunk computed with an overlap of ``halo.field`` voxels (default :func:`halos`)."""
+def raw_embedding(model: HyperVAE, raw, norm: NormFit, cfg: Config, depth: int | None = None):
+    """The encoder means of raw ``(C, D, H, W)`` (dask, chunked as it is) as a dask array ``(d, D, H, W)`` in the
+    latent dtype, each chunk embedded with an overlap of ``depth`` voxels (default :func:`halos`'s ``embed``)."""
     import dask.array as da
 
-    halo = halo or halos(cfg)
-    return _overlapped(partial(_embed_block, model=model, norm=norm, cfg=cfg), da.asarray(raw), halo.field,
+    depth = halos(cfg).embed if depth is None else depth
+    least = max(depth, padding_for(cfg.embed_patch_edge) + 1)
+    return _overlapped(partial(_embed_block, model=model, norm=norm, cfg=cfg), _rechunked(da.asarray(raw), least),
+                       depth,
                        int(cfg.latent_dim), np.float64)
 
 
+def smoothed_field(field, cfg: Config, depth: int | None = None):
+    """:func:`hyperseg.smooth.smooth_embedding` of a dask field ``(d, D, H, W)`` chunk by chunk, with an overlap of
+    ``depth`` voxels (default :func:`halos`'s ``smooth``, the Gaussian's radius): a dask array, float64."""
+    import dask.array as da
+
+    depth = halos(cfg).smooth if depth is None else depth
+    if cfg.smooth_sigma == 0:
+        return da.asarray(field).astype(np.float64)
+    return _overlapped(partial(_smooth_block, cfg=cfg), _rechunked(da.asarray(field), depth), depth,
+                       int(field.shape[0]), np.float64)
+
+
+def embedding_field(model: HyperVAE, raw, norm: NormFit, cfg: Config, halo: Halo | None = None):
+    """The smoothed embedding of raw ``(C, D, H, W)`` (dask) as a dask array ``(d, D, H, W)`` float64:
+    :func:`raw_embedding` then :func:`smoothed_field` with the overlaps of ``halo`` (default :func:`halos`)."""
+    halo = halo or halos(cfg)
+    return smoothed_field(raw_embedding(model, raw, norm, cfg, halo.embed), cfg, halo.smooth)
+
+
 def _embed_block(raw: np.ndarray, model: HyperVAE, norm: NormFit, cfg: Config) -> np.ndarray:
-    """Overlapped raw block ``(C, a, b, c)`` -> smoothed embedding ``(d, a, b, c)`` float64 (its rim is trimmed)."""
+    """Overlapped raw block ``(C, a, b, c)`` -> encoder means ``(d, a, b, c)`` (its rim is trimmed)."""
     x = normalise_block(raw, norm)
     emb = embed_volume(model, torch.from_numpy(np.ascontiguousarray(x)), patch_edge=cfg.embed_patch_edge,
                        tile=cfg.embed_tile, pad_mode=cfg.pad_mode)
-    pts = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)
+    return np.ascontiguousarray(np.moveaxis(emb.numpy(), -1, 0))
+
+
+def _smooth_block(field: np.ndarray, cfg: Config) -> np.ndarray:
+    """Overlapped embedding block ``(d, a, b, c)`` -> smoothed ``(d, a, b, c)`` float64 (its rim is trimmed)."""
+    pts = smooth_embedding(np.moveaxis(field, 0, -1), cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)
     return np.ascontiguousarray(np.moveaxis(pts, -1, 0))
 
 
@@ -545,7 +609,7 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
     ks = list(dict.fromkeys(int(k) for k in levels))
     if math.prod(shape) < max(ks):
         raise ValueError(f"the volume has {math.prod(shape)} voxels, fewer than the {max(ks)} clusters asked for")
-    least = max(halo.field, halo.potts, padding_for(cfg.embed_patch_edge) + 1, 1)
+    least = max(halo.embed, halo.smooth, halo.potts, padding_for(cfg.embed_patch_edge) + 1, 1)
     want = chunks or tuple(max(c, MIN_CHUNK) for c in (x[0] for x in raw.chunks[1:]))
     pchunks = processing_chunks(shape, want, least)
     raw = raw.rechunk(((raw.shape[0],), *pchunks))
@@ -563,14 +627,20 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
     # embedding + smoothing, overlapped by the receptive field and the kernel, stored to scratch
     t0 = time.perf_counter()
     d = int(cfg.latent_dim)
-    emb = embedding_field(model, raw, norm, cfg, halo)
     import zarr
 
     scratch = zarr.open_group(store=str(writer.scratch), mode="w", zarr_format=2)
-    store = scratch.create_array("embedding", shape=(d, *shape), chunks=(d, *want_chunks(pchunks)),
-                                 dtype="float64", compressors=None)
-    _compute(da.store(emb, store, lock=False, compute=False), client, scheduler, progress, "embed")
-    emb = da.from_zarr(store).rechunk(((d,), *pchunks))
+
+    def to_scratch(name: str, x, desc: str):
+        z = scratch.create_array(name, shape=(d, *shape), chunks=(d, *want_chunks(pchunks)), dtype="float64",
+                                 compressors=None)
+        _compute(da.store(x, z, lock=False, compute=False), client, scheduler, progress, desc)
+        return da.from_zarr(z).rechunk(((d,), *pchunks))
+
+    # two passes, each stored: the encoder (the costly step) then needs only its receptive field as overlap
+    emb = to_scratch("encoder", raw_embedding(model, raw, norm, cfg, halo.embed), "embed")
+    if cfg.smooth_sigma > 0:
+        emb = to_scratch("smoothed", smoothed_field(emb, cfg, halo.smooth), "smooth")
     seconds["embed"] = time.perf_counter() - t0
 
     values = raw.map_blocks(normalise_block, norm, dtype=np.float32)
@@ -634,7 +704,70 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
             _compute(da.store(level_pass(fitted[k], None), arr, lock=False, compute=False), client, scheduler,
                      progress, f"level {k}")
     seconds["levels"] = time.perf_counter() - t0
+    writer.group.attrs["hyperseg"] = {**writer.group.attrs.get("hyperseg", {}), "stage": "chunked",
+                                      "foreground": foreground, "fit": fit_to_dict(ChunkedFit(norm, fitted, background))}
     return ChunkedResult(ChunkedFit(norm, fitted, background), writer.root, pchunks, foreground, seconds)
+
+
+def _client_for(scheduler: str | None):
+    """A ``dask.distributed.Client`` for a scheduler address (``tcp://``, ``tls://``, ``inproc://``...), else ``None``."""
+    if scheduler is None or "://" not in scheduler:
+        if scheduler not in (None, "threads", "processes", "synchronous", "sync", "single-threaded"):
+            raise ValueError(f"--scheduler must be threads, processes, synchronous or a scheduler address such as "
+                             f"tcp://HOST:8786, got {scheduler!r}")
+        return None
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout="30s")
+    except OSError as err:
+        raise ValueError(f"{scheduler}: no Dask scheduler answers there ({err}); start one (`dask scheduler`) "
+                         "or give another --scheduler") from None
+
+
+def segment_zarr_case(model: HyperVAE, case, options, levels: Sequence[int],
+                      mask: np.ndarray | None = None) -> list:
+    """Segment a Zarr case (:class:`hyperseg.data.io.Case` with ``zarr=True``) chunk by chunk into
+    ``{output}/{case}.ome.zarr/labels/k{K}`` (:func:`hyperseg.pipeline.segment_case` calls this); returns the
+    label images written."""
+    import dask.array as da
+
+    from .data.resample import isotropic_shape
+    from .data.zarr_io import LabelsWriter, open_zarr
+    from .pipeline import zarr_output
+
+    path = case.files[0]
+    img = open_zarr(path, options.zarr_level)
+    where = f"{path}" if img.level is None else f"{path} (level {img.level})"
+    if options.save_embeddings or options.report or options.report_html:
+        raise ValueError(f"{where}: --save-embeddings and --report need the whole volume in memory; add "
+                         "--in-memory (if it fits) or leave them out")
+    if mask is not None:
+        raise ValueError(f"{where}: --mask is not supported chunk by chunk; leave it out or add --in-memory")
+    shape = img.spatial_shape
+    if isotropic_shape(shape, img.spacing) != shape:
+        raise ValueError(f"{where}: anisotropic voxels {img.spacing} are not resampled chunk by chunk; resample "
+                         "the store to cubic voxels, or add --in-memory if it fits")
+    if img.array.shape[0] != model.cfg.in_channels:
+        raise ValueError(f"{where}: has {img.array.shape[0]} channels but the model was trained on "
+                         f"{model.cfg.in_channels}; give volumes with the training data's channels")
+    client = options.client or _client_for(options.scheduler)
+    scheduler = None if client is not None else options.scheduler
+    try:
+        bad = _compute((~da.isfinite(img.array)).sum(), client, scheduler) \
+            if np.dtype(img.array.dtype).kind == "f" else 0
+        if bad:
+            raise ValueError(f"{where}: has {int(bad)} NaN or Inf voxels; fix them (chunk by chunk, they cannot be "
+                             "filled), or add --in-memory --nan-policy fill")
+        with LabelsWriter(zarr_output(case, options), shape, img.spacing, img.origin, img.unit, like=img,
+                          source=str(path)) as writer:
+            segment_chunked(model, img.array, levels, writer, chunks=options.chunks, client=client,
+                            scheduler=scheduler, seed=options.seed, progress=options.progress)
+            root = writer.finish()
+    finally:
+        if client is not None and options.client is None:
+            client.close()
+    return [root / "labels" / f"k{int(k)}" for k in levels]
 
 
 def want_chunks(pchunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
@@ -643,5 +776,6 @@ def want_chunks(pchunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
 
 
 __all__ = ["ChunkedFit", "ChunkedResult", "Halo", "LevelParams", "NormFit", "check_config", "embed_radius",
-           "fit_level_params", "fit_normalisation", "halos", "labels_of", "level_loglik", "mean_field_block",
-           "normalise_block", "processing_chunks", "chunked_mean_field", "embedding_field", "segment_chunked", "segment_in_memory"]
+           "fit_from_dict", "fit_level_params", "fit_normalisation", "fit_to_dict", "halos", "labels_of", "level_loglik", "mean_field_block",
+           "normalise_block", "processing_chunks", "chunked_mean_field", "embedding_field", "raw_embedding",
+           "segment_zarr_case", "smoothed_field", "segment_chunked", "segment_in_memory"]

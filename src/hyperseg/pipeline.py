@@ -20,6 +20,9 @@ segment``, ``hyperseg demo``, ``hyperseg bench`` and the Python API):
 :func:`segment_case` does that for a case on disk and writes its outputs,
 named by :func:`case_outputs` (the names ``--skip-existing`` looks for):
 
+* ``{case}.ome.zarr/labels/k{K}`` for a Zarr / OME-Zarr case (NGFF label images,
+  :mod:`hyperseg.data.zarr_io`), segmented chunk by chunk on Dask unless
+  :attr:`SegmentOptions.chunked` is ``False`` (:mod:`hyperseg.chunked`);
 * ``{case}_k{K}{suffix}`` per number of clusters ``K``, in the input's format
   (``suffix`` = its :data:`~hyperseg.data.io.OUTPUT_SUFFIXES` entry) unless
   :attr:`SegmentOptions.output_format` names another;
@@ -35,8 +38,9 @@ atomically, so a case that fails writes nothing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,6 +146,15 @@ class SegmentOptions:
     skip_existing: bool = False
     seed: int = 0
     progress: bool = False
+    #: Zarr inputs (:mod:`hyperseg.data.zarr_io`): the OME-Zarr level read; ``chunked``: segment them chunk by
+    #: chunk on Dask (:mod:`hyperseg.chunked`; ``None``: yes), with processing ``chunks`` ``(D, H, W)`` (default:
+    #: the store's), on ``client`` (a ``dask.distributed.Client``) or ``scheduler`` (``"threads"``,
+    #: ``"processes"``, ``"synchronous"`` or a scheduler address ``"tcp://HOST:PORT"``)
+    zarr_level: int = 0
+    chunked: bool | None = None
+    chunks: tuple[int, int, int] | None = None
+    scheduler: str | None = None
+    client: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output", Path(self.output))
@@ -165,8 +178,12 @@ def label_suffix(source: str | Path, output_format: str | None = None) -> str:
 def case_outputs(case: Case, levels: Sequence[int], options: SegmentOptions) -> dict[str, Path]:
     """The files :func:`segment_case` writes for ``case``, by role: ``"k{K}"`` per level, ``"embedding"``,
     ``"report"``, ``"report_html"`` (the last three only when ``options`` asks for them). Reads nothing."""
-    suffix = label_suffix(case.files[0], options.output_format)
-    out = {f"k{int(k)}": options.output / f"{case.name}_k{int(k)}{suffix}" for k in levels}
+    if getattr(case, "zarr", False):  # one OME-Zarr group per case, a label image per level in its labels/
+        root = zarr_output(case, options)
+        out = {f"k{int(k)}": root / "labels" / f"k{int(k)}" for k in levels}
+    else:
+        suffix = label_suffix(case.files[0], options.output_format)
+        out = {f"k{int(k)}": options.output / f"{case.name}_k{int(k)}{suffix}" for k in levels}
     if options.save_embeddings:
         out["embedding"] = options.output / f"{case.name}_embedding.npy"
     if options.report:
@@ -174,6 +191,11 @@ def case_outputs(case: Case, levels: Sequence[int], options: SegmentOptions) -> 
     if options.report_html:
         out["report_html"] = options.output / f"{case.name}_report.html"
     return out
+
+
+def zarr_output(case: Case, options: SegmentOptions) -> Path:
+    """``{output}/{case}.ome.zarr``: the OME-Zarr group whose ``labels/k{K}`` hold a Zarr case's label maps."""
+    return options.output / f"{case.name}.ome.zarr"
 
 
 def missing_outputs(case: Case, levels: Sequence[int], options: SegmentOptions) -> dict[str, Path]:
@@ -209,7 +231,12 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
     outputs = missing_outputs(case, levels, options)
     if not outputs:
         return []
-    vol = read_case(case, nan_policy=options.nan_policy)
+    zarr_case = getattr(case, "zarr", False)
+    if zarr_case and options.chunked is not False:
+        from .chunked import segment_zarr_case
+
+        return segment_zarr_case(model, case, options, levels, mask=mask)
+    vol = read_case(case, nan_policy=options.nan_policy, zarr_level=options.zarr_level)
     seg = segment_volume(model, vol, levels, seed=options.seed, progress=options.progress, mask=mask)
     png = None  # rendered before anything is written: a failure leaves no file behind
     if "report" in outputs:
@@ -223,7 +250,14 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
         page = render_html_report(vol.array[0], seg.labels, seg.embedding,
                                   c=cfg.c if cfg.latent == "hyperbolic" else None,
                                   spacing=vol.spacing, title=case.name, seed=options.seed)
-    written = [write_label_map(outputs[f"k{k}"], seg.labels[k], vol) for k in levels if f"k{k}" in outputs]
+    if zarr_case:  # every level into {case}.ome.zarr/labels, renamed into place together
+        from .data.zarr_io import write_ome_zarr_labels
+
+        root = write_ome_zarr_labels(zarr_output(case, options), seg.labels, vol.spacing, tuple(vol.affine[:3, 3]),
+                                     vol.unit, like=vol.header, source=str(case.files[0]))
+        written = [root / "labels" / f"k{k}" for k in levels]
+    else:
+        written = [write_label_map(outputs[f"k{k}"], seg.labels[k], vol) for k in levels if f"k{k}" in outputs]
     if "embedding" in outputs:
         written.append(_save_npy(outputs["embedding"], np.ascontiguousarray(seg.embedding, dtype=np.float32)))
     if png is not None:
@@ -236,4 +270,4 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
 
 
 __all__ = ["SegmentOptions", "case_outputs", "embed_volume_on_grid", "label_suffix", "missing_outputs",
-           "segment_case", "segment_volume"]
+           "segment_case", "segment_volume", "zarr_output"]

@@ -9,6 +9,9 @@ input (a file, or every case of a folder as :func:`hyperseg.data.io.find_cases`
 groups them, nnU-Net channel files included), in the output folder, named by
 :func:`hyperseg.pipeline.case_outputs`:
 
+* ``{case}.ome.zarr/labels/k{K}`` for a Zarr / OME-Zarr input: NGFF label images,
+  segmented chunk by chunk on Dask (:mod:`hyperseg.chunked`; ``--chunks``,
+  ``--scheduler``, ``--zarr-level``) unless ``--in-memory``;
 * ``{case}_k{K}{suffix}``: one label map per requested number of clusters
   ``K``, on the input's grid and geometry, in the input's format unless
   ``--output-format`` says otherwise;
@@ -155,6 +158,18 @@ def add_parser(sub) -> None:
                         "under torchrun, per rank)")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip cases whose outputs all exist (to continue an interrupted run)")
+    z = p.add_argument_group("Zarr / OME-Zarr inputs (written as OUT/{case}.ome.zarr/labels/k{K})")
+    z.add_argument("--zarr-level", type=int, default=0, metavar="N",
+                   help="multiscale level of an OME-Zarr image to segment (default 0, full resolution)")
+    z.add_argument("--chunks", type=int, nargs=3, metavar=("D", "H", "W"),
+                   help="processing chunk of the chunk-by-chunk (Dask) segmentation (default: the store's chunks, "
+                        "at least 32 voxels an edge); memory grows with the chunk, not the volume")
+    z.add_argument("--scheduler", metavar="WHERE",
+                   help="where Dask runs the chunks: threads (default), processes, synchronous, or the address of a "
+                        "running dask.distributed scheduler, e.g. tcp://HOST:8786")
+    z.add_argument("--in-memory", action="store_true",
+                   help="read a Zarr input whole and segment it like any other volume (the full segmentation "
+                        "stage, reports; needs the memory)")
     add_common(p)
 
 
@@ -378,7 +393,9 @@ def run(args: argparse.Namespace) -> int:
     options = SegmentOptions(output=args.output, output_format=args.output_format, nan_policy=args.nan_policy,
                              save_embeddings=args.save_embeddings, report=_wants_report(args, "png"),
                              report_html=_wants_report(args, "html"),
-                             skip_existing=args.skip_existing, seed=args.seed)
+                             skip_existing=args.skip_existing, seed=args.seed, zarr_level=args.zarr_level,
+                             chunked=False if args.in_memory else None,
+                             chunks=tuple(args.chunks) if args.chunks else None, scheduler=args.scheduler)
     cases = find_cases(args.input)
     if args.input.is_dir() and args.input.resolve() == args.output.resolve():
         raise UserError(f"{args.output}: the output folder is the input folder; its label maps would be "
