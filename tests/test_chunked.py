@@ -120,6 +120,23 @@ def test_mean_field_block_takes_the_colours_of_the_volume():
     assert np.abs(chunked.mean_field_block(L[inner], 2.0, 1, parity=0)[:, 2:] - whole[:, 3:]).max() > 1e-6
 
 
+@pytest.mark.parametrize("density", [0.45, 0.6, 0.75])
+def test_holes_are_filled_across_chunks_as_in_memory(density):
+    """Background components that reach the volume's faces only through other chunks stay background; enclosed
+    ones (within one chunk or across several) become foreground, as ``ndi.binary_fill_holes`` decides."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(int(density * 100))
+    two = (rng.random((23, 25, 27)) < density).astype(np.uint8)  # 1: the foreground cluster, 0: background
+    two[4:19, 5:20, 6:21] = 1
+    two[6:17, 7:18, 8:19] = 0  # a cavity spanning 2 x 2 x 2 chunks
+    two[6:17, 12, 3:8] = 0  # ... and a tunnel from its wall that stays inside the shell
+    fg = chunked.filled_foreground(da.from_array(two, chunks=(7, 8, 9)), 0, scheduler="synchronous")
+    np.testing.assert_array_equal(fg.compute(), ndi.binary_fill_holes(two != 0).astype(np.uint8))
+    flipped = chunked.filled_foreground(da.from_array(1 - two, chunks=(7, 8, 9)), 1, scheduler="synchronous")
+    np.testing.assert_array_equal(flipped.compute(), ndi.binary_fill_holes(two != 0).astype(np.uint8))
+
+
 def test_normalisation_from_every_voxel_is_normalize_for():
     cfg = Config(**TINY)
     floor = np.zeros((1, 12, 13, 14), np.float32)
@@ -169,6 +186,19 @@ def test_given_parameters_are_used_and_stored(model, tmp_path):
     whole = chunked.segment_in_memory(model, other, fit, [2, 3])
     for k in (2, 3):
         np.testing.assert_array_equal(again[k], whole[k])
+
+
+def test_python_api_predict_zarr(model, tmp_path):
+    from hyperseg.api import HyperbolicSegmenter
+
+    seg = HyperbolicSegmenter()
+    seg.model_, seg.config_ = model, model.cfg
+    vol = cells()
+    src = write_ome_zarr_image(tmp_path / "in.ome.zarr", vol[0], spacing=(3.0, 3.0, 3.0), chunks=CHUNKS)
+    res = seg.predict_zarr(src, tmp_path / "out.ome.zarr", levels=(2, 3), scheduler="synchronous")
+    whole = chunked.segment_in_memory(model, vol, res.fit, [2, 3])
+    for k in (2, 3):
+        np.testing.assert_array_equal(read_label_image(tmp_path / "out.ome.zarr", k)[0], whole[k])
 
 
 def test_settings_the_chunked_stage_cannot_run_are_refused():

@@ -145,3 +145,35 @@ def test_labels_are_written_atomically(tmp_path):
             raise RuntimeError("killed half-way")
     np.testing.assert_array_equal(read_label_image(root, 2)[0], 1)  # the earlier result is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.ome.zarr"]  # no temporary folder left
+
+
+def test_cli_segments_an_ome_zarr_level_chunked_or_in_memory(tmp_path, one_thread):
+    from conftest import tiny_yaml
+
+    from hyperseg.cli import main
+
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml(levels="[2, 3]"))
+    rng = np.random.default_rng(0)
+    vol = rng.normal(size=(36, 38, 40)).astype(np.float32)
+    vol[8:28, 9:30, 10:30] += 4
+    (tmp_path / "train").mkdir()
+    np.save(tmp_path / "train" / "t.npy", vol)
+    run = tmp_path / "run"
+    assert main(["train", "-i", str(tmp_path / "train"), "-o", str(run), "--config", str(tmp_path / "tiny.yaml"),
+                 "--steps", "2", "-q"]) == 0
+    src = write_ome_zarr_image(tmp_path / "scan.ome.zarr", vol, spacing=(0.5, 0.5, 0.5), unit="µm", n_levels=2,
+                               chunks=(16, 16, 16))
+    out = tmp_path / "out"
+    assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(out), "--levels", "2", "3", "--zarr-level", "1",
+                 "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["scan.ome.zarr"]  # nothing else, no temporary folder left
+    labels, attrs = read_label_image(out / "scan.ome.zarr", 3)
+    assert labels.shape == (18, 19, 20) and set(np.unique(labels)) == {0, 1, 2}
+    ms = attrs["multiscales"][0]
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 1.0]  # level 1: 2 x 0.5 µm
+    assert [a["unit"] for a in ms["axes"]] == ["micrometer"] * 3
+    assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(out), "--levels", "2", "3", "--in-memory",
+                 "--report", "png", "-q"]) == 0
+    assert read_label_image(out / "scan.ome.zarr", 2)[0].shape == (36, 38, 40)
+    assert (out / "scan_report.png").exists()
+    assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(tmp_path / "o2"), "--report", "-q"]) == 2

@@ -4,6 +4,7 @@
 >>> maps = seg.predict(vol_c, levels=(2, 4))                     # {2: (D, H, W) uint8, 4: ...}
 >>> z = seg.embed(vol_c)                                         # (D, H, W, d) ball points
 >>> seg.save("run"); seg = HyperbolicSegmenter.load("run")
+>>> seg.predict_zarr("tomo.ome.zarr", "out/tomo.ome.zarr", levels=(2, 3), client=client)  # chunk by chunk, Dask
 
 Training goes through :func:`hyperseg.train.train`, loading through
 :func:`hyperseg.checkpoint.load_model` and segmentation through
@@ -139,6 +140,29 @@ class HyperbolicSegmenter:
         seg = segment_volume(model, _as_volume(volume, "volume", spacing), list(levels), seed=seed,
                              progress=self.progress, mask=mask)
         return seg.labels
+
+    def predict_zarr(self, source: str | Path, output: str | Path, levels: Sequence[int] = (2, 4), zarr_level: int = 0,
+                     chunks: Sequence[int] | None = None, client=None, scheduler: str | None = None, seed: int = 0,
+                     fit=None):
+        """Segment a Zarr / OME-Zarr volume chunk by chunk on Dask (:mod:`hyperseg.chunked`) into the OME-Zarr
+        group ``output`` (``output/labels/k{K}``, written atomically); memory is bounded by the chunk.
+
+        ``client``: a ``dask.distributed.Client`` to run on (else the local ``scheduler``: ``"threads"``,
+        ``"processes"``, ``"synchronous"``); ``fit``: a :class:`~hyperseg.chunked.ChunkedFit` to use instead of
+        fitting one. Returns the :class:`~hyperseg.chunked.ChunkedResult` (its ``fit`` gives the same labels
+        through :func:`hyperseg.chunked.segment_in_memory`).
+        """
+        from .chunked import segment_chunked
+        from .data.zarr_io import LabelsWriter, open_zarr
+
+        model = self._check_fitted()
+        img = open_zarr(source, zarr_level)
+        with LabelsWriter(output, img.spatial_shape, img.spacing, img.origin, img.unit, like=img,
+                          source=str(source)) as writer:
+            result = segment_chunked(model, img.array, list(levels), writer, chunks=chunks, client=client,
+                                     scheduler=scheduler, seed=seed, fit=fit, progress=self.progress)
+            writer.finish()
+        return result
 
     def save(self, path: str | Path) -> Path:
         """Write the fitted model into the folder ``path`` (``config.yaml`` and ``model.safetensors``, data only)."""

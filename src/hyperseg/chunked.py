@@ -34,7 +34,10 @@ Steps, and which are exact
    own voxels are those of the whole grid.
 5. ``hierarchy: foreground``: the refined 2-cluster labels are written to
    scratch; the background is the cluster holding most voxels of the six faces
-   (:func:`hyperseg.regularize.border_cluster`, read from the faces only); the
+   (:func:`hyperseg.regularize.border_cluster`, read from the faces only), and
+   only where it is connected to the faces: its holes are filled across chunks
+   (:func:`filled_foreground`: components per chunk, joined through the faces
+   they share), as :func:`hyperseg.regularize.foreground_of` fills them. The
    finer levels are fitted on a sample of the foreground and refined inside it
    (step 4 with the mask).
 
@@ -46,12 +49,13 @@ by :func:`segment_chunked`), the chunked labels equal those of
 convolutions over blocks of other sizes, which the tests have not seen flip a label).
 
 What the chunked stage does not do (it refuses, or says what it does instead):
-the foreground's holes are not filled (in memory, :func:`~hyperseg.regularize.foreground_of`
-fills them: a global step); ``foreground: auto`` uses the 2-cluster split (the
-intensity mask needs its largest connected component), ``threshold`` is refused;
-``refine: hmrf_em``, ``potts_method: icm``, the ``mixture`` clustering, nested
-hierarchies, ``level_smooth_sigma``, ``highpass_sigma`` and anisotropic voxels
-are refused; the encoder's ``patch_edge`` must be a multiple of ``embed_patch_edge``.
+``foreground: auto`` (the default) uses the 2-cluster split, i.e. ``split``: the
+intensity mask of ``auto`` and ``threshold`` (:func:`hyperseg.data.masks.auto_mask`)
+and FAST's masked stage it leads to are not run chunk by chunk, and ``threshold`` is
+refused; ``refine: hmrf_em``, ``potts_method: icm``, the ``mixture`` clustering, nested
+hierarchies, ``level_smooth_sigma``, ``highpass_sigma``, a normalisation mask and
+anisotropic voxels are refused; the encoder's ``patch_edge`` must be a multiple of
+``embed_patch_edge``. The model runs on the device it is on (the CPU for worker processes).
 """
 from __future__ import annotations
 
@@ -392,6 +396,8 @@ def segment_in_memory(model: HyperVAE, array: np.ndarray, fit: ChunkedFit, level
     """The chunked stage on a whole volume ``(C, D, H, W)`` (raw) with the fitted parameters ``fit``:
     ``{K: (D, H, W) uint8}``, built from the whole-grid functions (embed_volume, smooth_embedding,
     potts.mean_field, regularize.border_cluster)."""
+    from scipy import ndimage as ndi
+
     from .potts import mean_field
 
     cfg = check_config(cfg or model.cfg)
@@ -413,7 +419,7 @@ def segment_in_memory(model: HyperVAE, array: np.ndarray, fit: ChunkedFit, level
         return {k: refine(fit.levels[k], None) for k in ks}
     two = refine(fit.levels[2], None)
     bg = border_cluster(two, shape) if fit.background is None else fit.background
-    fg = two != bg
+    fg = ndi.binary_fill_holes(two != bg)  # regularize.foreground_of with this background
     out = {}
     for k in ks:
         out[k] = fg.astype(np.uint8) if k == 2 else (np.zeros(shape, np.uint8) if k < 2 else refine(fit.levels[k], fg))
@@ -616,7 +622,7 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
     say = log or (lambda s: None)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    model = model.cpu().eval()
+    model.eval()
     if fit is None:
         sample, _ = _norm_sample(raw, NORM_SAMPLE)
         norm = fit_normalisation(_compute(sample, client, scheduler), cfg)
@@ -678,9 +684,10 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
             faces = [two_d[0], two_d[-1], two_d[:, 0], two_d[:, -1], two_d[:, :, 0], two_d[:, :, -1]]
             counts = _compute([da.bincount(f.ravel(), minlength=2) for f in faces], client, scheduler)
             background = int(np.sum(counts, axis=0).argmax())
-        fg = two_d != background
         arr = writer.create(2, want_chunks(pchunks))
-        _compute(da.store(fg.astype(np.uint8), arr, lock=False, compute=False), client, scheduler)
+        _compute(da.store(filled_foreground(two_d, background, client, scheduler), arr, lock=False, compute=False),
+                 client, scheduler)
+        fg = da.from_zarr(arr).rechunk(pchunks) > 0
         count = int(_compute(fg.sum(), client, scheduler))
         say(f"level 2: foreground {count} of {total} voxels")
         for k in ks:
@@ -770,6 +777,99 @@ def segment_zarr_case(model: HyperVAE, case, options, levels: Sequence[int],
     return [root / "labels" / f"k{int(k)}" for k in levels]
 
 
+# ----------------------------------------------------------------------------- holes, across chunks
+def _face_planes(lab: np.ndarray) -> list[np.ndarray]:
+    """The six faces of a block ``(a, b, c)``: low and high along D, then H, then W."""
+    return [lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]]
+
+
+def _background_components(two: np.ndarray, background: int) -> tuple[int, list[np.ndarray]]:
+    """Components (6-neighbours) of the background cluster in one chunk: their count and the local labels
+    on the chunk's six faces."""
+    from scipy import ndimage as ndi
+
+    lab, n = ndi.label(two == background)
+    return int(n), [np.ascontiguousarray(f) for f in _face_planes(lab)]
+
+
+def _foreground_block(two: np.ndarray, background: int, keep: np.ndarray) -> np.ndarray:
+    """Foreground ``(a, b, c)`` uint8 of a chunk: every voxel but the background components listed in ``keep``
+    (local labels connected to the volume's border)."""
+    from scipy import ndimage as ndi
+
+    lab, _ = ndi.label(two == background)
+    return (~np.isin(lab, keep)).astype(np.uint8)
+
+
+def filled_foreground(two, background: int, client=None, scheduler: str | None = None):
+    """``ndi.binary_fill_holes(two != background)`` of a dask label map ``(D, H, W)``, chunk by chunk: a dask array
+    uint8 (1 = foreground).
+
+    The background is the background cluster's voxels 6-connected to the volume's faces. Each chunk's
+    components are labelled on their own; those that touch a chunk face are joined across faces
+    (``scipy.sparse.csgraph.connected_components`` on the pairs facing each other, plus one node for the
+    volume's border); a component that reaches no chunk face is a hole. Memory on the caller's side: the
+    chunks' face planes.
+    """
+    import dask
+    import dask.array as da
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    grid = two.chunks
+    nb = tuple(len(c) for c in grid)
+    blocks = two.to_delayed()
+    found = _compute([dask.delayed(_background_components)(blocks[i], background) for i in np.ndindex(*nb)],
+                     client, scheduler)
+    index = {i: j for j, i in enumerate(np.ndindex(*nb))}
+    counts = np.array([n for n, _ in found], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    border = counts.sum() + 1  # node id of the volume's border (global ids are 1..sum)
+    src, dst = [], []
+
+    def glob(j: int, plane: np.ndarray) -> np.ndarray:
+        return np.where(plane > 0, plane.astype(np.int64) + offsets[j], 0)
+
+    for i in np.ndindex(*nb):
+        j = index[i]
+        faces = found[j][1]
+        for axis in range(3):
+            lo, hi = faces[2 * axis], faces[2 * axis + 1]
+            if i[axis] == 0:  # on the volume's face: joined to the border node
+                ids = np.unique(glob(j, lo))
+                src.append(ids[ids > 0]), dst.append(np.full((ids > 0).sum(), border))
+            if i[axis] == nb[axis] - 1:
+                ids = np.unique(glob(j, hi))
+                src.append(ids[ids > 0]), dst.append(np.full((ids > 0).sum(), border))
+            else:  # facing the next chunk's low face
+                nxt = list(i)
+                nxt[axis] += 1
+                k = index[tuple(nxt)]
+                a, b = glob(j, hi).ravel(), glob(k, found[k][1][2 * axis]).ravel()
+                both = (a > 0) & (b > 0)
+                pairs = np.unique(np.stack([a[both], b[both]], 1), axis=0) if both.any() else np.zeros((0, 2), int)
+                src.append(pairs[:, 0]), dst.append(pairs[:, 1])
+    src_a = np.concatenate(src).astype(np.int64) if src else np.zeros(0, np.int64)
+    dst_a = np.concatenate(dst).astype(np.int64) if dst else np.zeros(0, np.int64)
+    nodes, inverse = np.unique(np.concatenate([src_a, dst_a, [border]]), return_inverse=True)
+    e = inverse[:-1].reshape(2, -1)
+    graph = coo_matrix((np.ones(e.shape[1]), (e[0], e[1])), shape=(len(nodes), len(nodes)))
+    _, comp = connected_components(graph, directed=False)
+    outside = nodes[comp == comp[-1]]  # every component joined to the border node (nodes are sorted: border last)
+    outside = outside[outside != border]
+    keep = {}
+    for i in np.ndindex(*nb):
+        j = index[i]
+        mine = outside[(outside > offsets[j]) & (outside <= offsets[j] + counts[j])] - offsets[j]
+        keep[i] = mine
+    parts = np.empty(nb, dtype=object)
+    for i in np.ndindex(*nb):
+        shape = tuple(grid[a][i[a]] for a in range(3))
+        parts[i] = da.from_delayed(dask.delayed(_foreground_block)(blocks[i], background, keep[i]), shape,
+                                   dtype=np.uint8)
+    return da.block(parts.tolist())
+
+
 def want_chunks(pchunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
     """The regular chunk edge of processing chunks (their first chunk per axis), for the Zarr arrays."""
     return tuple(int(c[0]) for c in pchunks)
@@ -777,5 +877,5 @@ def want_chunks(pchunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
 
 __all__ = ["ChunkedFit", "ChunkedResult", "Halo", "LevelParams", "NormFit", "check_config", "embed_radius",
            "fit_from_dict", "fit_level_params", "fit_normalisation", "fit_to_dict", "halos", "labels_of", "level_loglik", "mean_field_block",
-           "normalise_block", "processing_chunks", "chunked_mean_field", "embedding_field", "raw_embedding",
+           "normalise_block", "processing_chunks", "chunked_mean_field", "embedding_field", "filled_foreground", "raw_embedding",
            "segment_zarr_case", "smoothed_field", "segment_chunked", "segment_in_memory"]
