@@ -64,6 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperseg.config import Config
+
 DEBIAN = Path("/usr/share/mricron/templates")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "mri_colin27.json"
 HYPERSEG = "hyperseg default"
@@ -71,8 +73,7 @@ HYPERSEG = "hyperseg default"
 #: segmentation stages (Config fields on top of the field defaults, bench_default.stage_config).
 HYPERSEG_ROWS: dict[str, dict] = {
     HYPERSEG: {},
-    "hyperseg default, intensity only": {"masked_stage": {"refine": "hmrf_em", "embedding_weight": 0.0,
-                                                          "intensity_weight": 1.0, "potts_beta": 1.0}},
+    "hyperseg default, intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
     "hyperseg default, Euclidean model": {"latent": "euclidean", "decoder_input": "linear"},
     "hyperseg split foreground (previous default)": {"foreground": "split"},
     "hyperseg split foreground, embedding only": {"foreground": "split", "intensity_weight": 0.0},

@@ -119,3 +119,53 @@ def test_segment_foreground_option_sets_the_field(choice):
     assert segment_config(Config(foreground="split"), args).foreground == choice
     args = build_parser().parse_args(["segment", "-m", "RUN", "-i", "IN", "-o", "OUT"])
     assert segment_config(Config(foreground="split"), args).foreground == "split"  # a run keeps its own
+
+
+def test_intensity_kmeans_finds_separated_intensity_classes_in_order():
+    from hyperseg.regularize import intensity_kmeans
+
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, 3000)
+    v = np.array([-2.0, 0.5, 3.0])[truth] + 0.2 * rng.standard_normal(3000)
+    lab = intensity_kmeans(v, 3)
+    np.testing.assert_array_equal(lab, truth)  # one channel: labels in increasing intensity
+    two = np.stack([v, -v + 0.1 * rng.standard_normal(3000)], 1)
+    lab2 = intensity_kmeans(two, 3)
+    assert dice_iou_matched(lab2, truth) > 0.99  # several channels: the same partition, in any order
+    with pytest.raises(ValueError, match="M >= 4"):
+        intensity_kmeans(v[:3], 4)
+
+
+def dice_iou_matched(pred, truth):
+    from hyperseg.metrics import dice_iou
+
+    return dice_iou(np.asarray(pred, np.int64), np.asarray(truth, np.int64))["mean_dice"]
+
+
+def test_hmrf_em_starts_where_refine_init_says():
+    from hyperseg.regularize import hmrf_em, intensity_kmeans
+    from hyperseg.segment import fit_level, regularise_level
+
+    raw, emb, region = _ball_scene(object_brighter=True)
+    shape = region.shape
+    values = ((raw - raw.mean()) / raw.std()).reshape(1, -1).T
+    points = emb.reshape(-1, 2).astype(np.float64)
+    cfg = Config(latent_dim=2, kmeans_n_init=2, refine="hmrf_em", embedding_weight=0.2, intensity_weight=1.0,
+                 refine_iter=1)
+    fit = fit_level(points, 3, cfg)
+    wants = []
+    for init, start in (("clusters", fit.labels), ("intensity", intensity_kmeans(values, 3))):
+        got = regularise_level(points, fit, cfg.replace(refine_init=init), shape, values)
+        want = hmrf_em(points, values, start, 3, shape, cfg.potts_beta, embedding_weight=0.2, intensity_weight=1.0,
+                       n_iter=1, latent="hyperbolic", c=1.0)
+        np.testing.assert_array_equal(got, want)
+        wants.append(want)
+    assert (wants[0] != wants[1]).any()  # the two starts lead to different labels here (cluster numbers differ)
+    with pytest.raises(ValueError, match="refine_init must be one of"):
+        Config(refine_init="random")
+
+
+def test_the_mri_preset_is_the_masked_stage_on_every_volume():
+    mri, masked = Config.from_preset("mri"), Config().masked_config()
+    for name in ("hierarchy", "foreground", *Config().masked_stage):
+        assert getattr(mri, name) == getattr(masked, name), name

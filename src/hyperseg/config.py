@@ -30,13 +30,16 @@ TREE_HIERARCHIES = ("divisive", "agglomerative")
 #: How a level's assignment is refined (regularize.py): one pass of the clustering's log-likelihoods plus the
 #: intensity term, or hidden-MRF EM of a diagonal Gaussian per cluster on the embedding and the intensities.
 REFINE_METHODS = ("once", "hmrf_em")
+#: Where hidden-MRF EM starts (regularize.py): the level's clustering of the embedding, or k-means on the voxels'
+#: normalised intensities (FSL FAST's start).
+REFINE_INITS = ("clusters", "intensity")
 #: Where the foreground of hierarchy "foreground" comes from: the 2-cluster level of the embedding, the
 #: automatic intensity mask of ANTs' get_mask (data/masks.py), or whichever of the two the data call for ("auto":
 #: the mask, with the stage of ``masked_stage``, where the two agree; segment.py).
 FOREGROUNDS = ("split", "threshold", "auto")
 #: Segmentation fields ``Config.masked_stage`` may set: the refinement of the levels inside an intensity mask.
-MASKED_STAGE_FIELDS = ("refine", "embedding_weight", "intensity_weight", "potts_beta", "potts_method", "potts_iter",
-                       "refine_iter")
+MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "intensity_weight", "potts_beta", "potts_method",
+                       "potts_iter", "refine_iter")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 TRIPLET_DISTANCES = ("distance", "squared")
@@ -154,9 +157,11 @@ class Config:
     foreground: str = "auto"
     foreground_agreement: float = 0.9
     # the refinement fields used inside the intensity mask when foreground "auto" picks it (FSL FAST's recipe:
-    # hidden-MRF EM led by intensity, the embedding's log-likelihood at weight 0.1); keys from MASKED_STAGE_FIELDS
+    # hidden-MRF EM from k-means on intensity, led by intensity, the embedding's log-likelihood at weight 0.2; chosen
+    # on Colin27 at 4 noise / bias settings and 3 and 4 clusters); keys from MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
-        "refine": "hmrf_em", "embedding_weight": 0.1, "intensity_weight": 1.0, "potts_beta": 1.0})
+        "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.2, "intensity_weight": 1.0,
+        "potts_beta": 1.0})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -190,6 +195,10 @@ class Config:
     refine: str = "once"
     embedding_weight: float = 1.0
     refine_iter: int = 8
+    # where hmrf_em starts: "clusters", the level's clustering of the embedding; "intensity", k-means on the
+    # voxels' normalised intensities (FSL FAST's start; the masked stage's). From the clustering of the embedding
+    # the EM stopped in a partition that did not follow tissue at 4 clusters on Colin27 (BENCHMARKS.md)
+    refine_init: str = "clusters"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -304,6 +313,8 @@ class Config:
         need(self.refine in REFINE_METHODS, f"refine must be one of {', '.join(REFINE_METHODS)}, got {self.refine!r}")
         need(self.embedding_weight >= 0, f"embedding_weight must be >= 0 (0 = intensities only), "
              f"got {self.embedding_weight}")
+        need(self.refine_init in REFINE_INITS,
+             f"refine_init must be one of {', '.join(REFINE_INITS)}, got {self.refine_init!r}")
         need(isinstance(self.refine_iter, int) and self.refine_iter >= 1,
              f"refine_iter must be an integer >= 1, got {self.refine_iter!r}")
         need(self.refine != "hmrf_em" or self.hierarchy not in TREE_HIERARCHIES,

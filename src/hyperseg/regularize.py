@@ -61,7 +61,7 @@ from .geometry.poincare import pairwise_dist
 from .potts import icm, mean_field
 
 __all__ = ["POTTS_METHODS", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
-           "intensity_loglik", "potts_labels", "tangent_features"]
+           "intensity_kmeans", "intensity_loglik", "potts_labels", "tangent_features"]
 
 #: Smallest fitted spread (``s^2`` or ``b``), in squared / plain distance units: a level whose
 #: points all sit on their centres keeps finite log-likelihoods.
@@ -252,6 +252,25 @@ def diagonal_gaussian_loglik(features: np.ndarray, resp: np.ndarray) -> np.ndarr
     for j in range(F.shape[1]):  # one feature at a time: (N, K) memory, not (N, K, P)
         out -= 0.5 * (np.log(2 * np.pi * var[:, j])[None] + (F[:, j:j + 1] - mu[None, :, j]) ** 2 / var[None, :, j])
     return out
+
+
+def intensity_kmeans(values: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """Labels ``(M,)`` int64 in ``0..n_clusters-1`` of k-means on the voxels' intensities ``values`` ``(M, C)``
+    (or ``(M,)``): the start of FSL FAST's EM. One channel: :func:`hyperseg.potts.kmeans_1d` (deterministic,
+    started at the quantiles), labels by nearest centre in increasing order; several: Euclidean k-means
+    (:class:`hyperseg.cluster.EuclideanKMeans`, ``seed``)."""
+    from .potts import kmeans_1d
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    if v.ndim != 2 or len(v) < n_clusters:
+        raise ValueError(f"regularize: need values (M, C) with M >= {n_clusters} voxels, got {v.shape}")
+    if v.shape[1] == 1:
+        centres = kmeans_1d(v[:, 0], n_clusters)
+        return np.searchsorted((centres[1:] + centres[:-1]) / 2, v[:, 0]).astype(np.int64)
+    from .cluster import make_clusterer
+
+    return np.asarray(make_clusterer("kmeans", "euclidean", n_clusters, seed=seed).fit(v).labels_, dtype=np.int64)
 
 
 def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,

@@ -64,7 +64,7 @@ from .data.masks import auto_mask
 from .data.preprocess import normalize_for
 from .embed import embed_volume
 from .model import HyperVAE
-from .regularize import class_loglik, foreground_of, hmrf_em, intensity_loglik, potts_labels
+from .regularize import class_loglik, foreground_of, hmrf_em, intensity_kmeans, intensity_loglik, potts_labels
 from .smooth import smooth_embedding
 
 
@@ -143,11 +143,18 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
     ``L = class_loglik(points) + cfg.intensity_weight * intensity_loglik(intensities)`` ``(M, K)``, then
     :func:`~hyperseg.regularize.potts_labels` with ``cfg.potts_beta``, or ``argmax_k L`` when ``potts_beta``
     is 0; both off: ``fit.labels`` unchanged. ``cfg.refine == "hmrf_em"``:
-    :func:`~hyperseg.regularize.hmrf_em` from ``fit.labels``.
+    :func:`~hyperseg.regularize.hmrf_em` from ``fit.labels`` (``cfg.refine_init == "clusters"``) or from
+    :func:`~hyperseg.regularize.intensity_kmeans` of the intensities (``"intensity"``).
     """
     K = len(fit.centres)
     if cfg.refine == "hmrf_em":
-        return hmrf_em(points, intensities, fit.labels, K, shape, cfg.potts_beta,
+        if cfg.refine_init == "intensity":
+            if intensities is None:
+                raise ValueError("segment: refine_init 'intensity' needs the voxels' intensities; pass intensities=")
+            start = intensity_kmeans(intensities, K)
+        else:
+            start = fit.labels
+        return hmrf_em(points, intensities, start, K, shape, cfg.potts_beta,
                        embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
                        n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask)
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
