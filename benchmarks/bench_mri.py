@@ -20,7 +20,9 @@ default; ``ch2`` keeps skull and scalp), one setting per (grid, noise, bias):
 Truth: brain / background (``ch2bet > 0``, level 2) and background / grey matter
 (``aal > 0`` in the brain) / rest of the brain (level 3); on the 2 mm grid the
 most frequent label of each block. Score: Hungarian-matched mean Dice
-(:func:`hyperseg.metrics.dice_iou`) over the whole grid.
+(:func:`hyperseg.metrics.dice_iou`) over the whole grid. Level 4 (four labels,
+three tissue classes as FAST and Atropos are run for CSF / grey / white matter)
+is scored by :func:`merged_tissue_score` (no CSF / white-matter truth exists).
 
 Rows: every peer of :mod:`hyperseg.comparison.peers`, and the hyperseg rows of
 :data:`HYPERSEG_ROWS`: one model per setting, :func:`hyperseg.train.train` with
@@ -92,7 +94,7 @@ HYPERSEG_ROWS: dict[str, dict] = {
 #: rows whose model is trained with other Config fields than the default (their own run folder per setting);
 #: ``train_preset``: the model is trained from that shipped preset (``hyperseg train --preset NAME``)
 MODEL_FIELDS = ("latent", "decoder_input", "train_preset")
-LEVELS = (2, 3)
+LEVELS = (2, 3, 4)
 BIAS_SEED = 27
 BIAS_DEGREE = 3
 
@@ -170,8 +172,34 @@ def degrade(x: np.ndarray, truth: np.ndarray, grid: int, noise: float, bias: flo
 def score(labels: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
     from hyperseg.metrics import dice_iou
 
-    return {"2": float(dice_iou(labels[2], (truth > 0).astype(np.int64))["mean_dice"]),
-            "3": float(dice_iou(labels[3], truth)["mean_dice"])}
+    out = {"2": float(dice_iou(labels[2], (truth > 0).astype(np.int64))["mean_dice"]),
+           "3": float(dice_iou(labels[3], truth)["mean_dice"])}
+    if 4 in labels:
+        out["4"] = merged_tissue_score(labels[4], truth)
+    return out
+
+
+def merged_tissue_score(labels: np.ndarray, truth: np.ndarray) -> float:
+    """Level 4 (four labels: background and three tissue classes, as CSF / grey / white matter): the label that
+    best matches the background (Dice) and, of the others, the one that best matches grey matter are kept, the
+    other two merged, then the level-3 score against background / grey matter / rest of the brain.
+
+    Colin27 has no CSF / white-matter truth; this scores how well the grey-matter class of a three-tissue
+    segmentation comes out, which a level-3 run with two tissue classes cannot show.
+    """
+    from hyperseg.metrics import dice_iou
+
+    lab = np.asarray(labels, dtype=np.int64)
+
+    def dice(c: int, cls: int) -> float:
+        a, b = lab == c, truth == cls
+        return 2.0 * float(np.sum(a & b)) / max(int(a.sum() + b.sum()), 1)
+
+    names = [int(c) for c in np.unique(lab)]
+    bg = max(names, key=lambda c: dice(c, 0))
+    gm = max([c for c in names if c != bg] or [bg], key=lambda c: dice(c, 1))
+    merged = np.where(lab == bg, 0, np.where(lab == gm, 1, 2))
+    return float(dice_iou(merged, truth)["mean_dice"])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,14 +310,15 @@ def save_labels(path: Path, row: str, labels: dict[int, np.ndarray], truth: np.n
 
 
 def markdown(results: dict) -> str:
-    lines = ["| setting | row | Dice L2 (brain) | Dice L3 (GM) | seconds | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| setting | row | Dice L2 (brain) | Dice L3 (GM) | L4 (3 tissues, GM merged score) | seconds | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
     for key, setting in results["settings"].items():
         for row, r in setting["rows"].items():
             if "error" in r:
-                lines.append(f"| {key} | {row} | error: {r['error'][:60]} | | | |")
+                lines.append(f"| {key} | {row} | error: {r['error'][:60]} | | | | |")
                 continue
-            lines.append(f"| {key} | {row} | {r['dice']['2']:.3f} | {r['dice']['3']:.3f} | "
+            l4 = f"{r['dice']['4']:.3f}" if "4" in r["dice"] else "-"
+            lines.append(f"| {key} | {row} | {r['dice']['2']:.3f} | {r['dice']['3']:.3f} | {l4} | "
                          f"{r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
