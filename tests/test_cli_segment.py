@@ -429,3 +429,22 @@ def test_an_unknown_output_format_is_refused_before_anything_is_made(run, tmp_pa
         segment(run, src, tmp_path / "out", "--output-format", "png")
     assert "invalid choice: 'png'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_segment_says_which_foreground_each_case_was_clustered_in(run, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "bright.npy", blob((20, 20, 20), 3))  # a bright box on a dark background: the mask agrees
+    out = tmp_path / "out"
+    assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(out), "--foreground", "auto"]) == 0
+    said = capsys.readouterr().out
+    import re
+
+    found = re.search(r"bright: (tissue classes inside the automatic intensity mask|classes inside the 2-cluster "
+                      r"split)\D*Dice (\d\.\d+)", said)
+    assert found, said
+    in_mask = found.group(1).startswith("tissue")
+    assert in_mask == (float(found.group(2)) >= 0.9)  # the run's foreground_agreement decides, and is reported
+    assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(tmp_path / "q"), "--foreground", "auto",
+                 "-q"]) == 0
+    assert "intensity mask" not in capsys.readouterr().out  # -q: nothing but the summary

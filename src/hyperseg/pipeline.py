@@ -216,11 +216,13 @@ def _save_npy(path: Path, array: np.ndarray) -> Path:
 
 
 def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
-                 mask: np.ndarray | None = None) -> list[Path]:
+                 mask: np.ndarray | None = None, info: dict | None = None) -> list[Path]:
     """Read ``case``, segment it at every level of ``model.cfg`` and write its outputs; returns the files
     written, in the order label maps (by level), embedding, report, HTML report.
 
-    ``mask``: optional boolean ``(D, H, W)`` foreground on the case's grid.
+    ``mask``: optional boolean ``(D, H, W)`` foreground on the case's grid. ``info``, when given, receives
+    ``"foreground"`` and ``"agreement"`` (:class:`~hyperseg.segment.Segmentation`'s: which foreground the
+    levels were clustered in, and for ``foreground: auto`` the Dice that chose it).
     Nothing is written when any step fails; with ``options.skip_existing`` a
     case whose outputs all exist is not even read.
     """
@@ -238,6 +240,8 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
         return segment_zarr_case(model, case, options, levels, mask=mask)
     vol = read_case(case, nan_policy=options.nan_policy, zarr_level=options.zarr_level)
     seg = segment_volume(model, vol, levels, seed=options.seed, progress=options.progress, mask=mask)
+    if info is not None:
+        info.update(foreground=seg.foreground, agreement=seg.agreement)
     png = None  # rendered before anything is written: a failure leaves no file behind
     if "report" in outputs:
         png = render_case_report(vol.array[0], seg.labels, seg.embedding,

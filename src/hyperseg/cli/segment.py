@@ -237,6 +237,8 @@ class CaseResult:
     status: str
     message: str = ""
     written: list[str] = field(default_factory=list)
+    #: how the case was segmented, for the user: e.g. which foreground ``foreground: auto`` chose
+    note: str = ""
 
 
 @dataclass
@@ -301,8 +303,9 @@ class SegmentJob:
         """Segment one case and write its outputs; never raises for a bad case (Ctrl-C still stops)."""
         from ..pipeline import segment_case
 
+        info: dict = {}
         try:
-            written = segment_case(state.model, case, self.options, mask=self._mask_for(state, case))
+            written = segment_case(state.model, case, self.options, mask=self._mask_for(state, case), info=info)
         except MemoryError as err:
             return self.failed(case, f"out of memory ({err}); use fewer --nproc workers or a larger machine")
         except (*USER_ERRORS, UserError, OSError) as err:
@@ -310,7 +313,7 @@ class SegmentJob:
         except Exception as err:  # noqa: BLE001 - one broken case must not end a run over thousands
             return self.failed(case, f"internal error ({type(err).__name__}: {err}); please report this "
                                      "with the file if you can share it")
-        return CaseResult(case=case.name, status="done", written=[str(p) for p in written])
+        return CaseResult(case=case.name, status="done", written=[str(p) for p in written], note=_foreground_note(info))
 
     def _mask_for(self, state: _State, case) -> np.ndarray | None:
         """The boolean foreground mask ``(D, H, W)`` for ``case`` (its grid is checked by the pipeline)."""
@@ -354,6 +357,17 @@ def _name_the_file(message: str, case) -> str:
     if not any(str(f) in message for f in named):  # a DICOM series is named by its folder
         message = f"{named[-1] if getattr(case, 'dicom', False) else case.files[0]}: {message}"
     return message
+
+
+def _foreground_note(info: dict) -> str:
+    """One phrase on the foreground a case was clustered in (``info`` from :func:`hyperseg.pipeline.segment_case`)."""
+    agreement = info.get("agreement")
+    if info.get("foreground") == "mask":
+        why = "" if agreement is None else f", agreeing with the 2-cluster split (Dice {agreement:.3f})"
+        return f"tissue classes inside the automatic intensity mask{why}"
+    if info.get("foreground") == "split" and agreement is not None:
+        return f"classes inside the 2-cluster split (the intensity mask agrees only to Dice {agreement:.3f})"
+    return ""
 
 
 # ----------------------------------------------------------------------------- the command
@@ -422,6 +436,8 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"hyperseg: error: {result.message}", file=sys.stderr)
         else:
             done += 1
+            if result.note and not args.quiet:
+                tqdm.write(f"{result.case}: {result.note}")
 
     try:
         if todo and nproc == 1:  # this process is the worker: it segments with the model it loaded
