@@ -79,9 +79,8 @@ def test_chunked_embedding_field_equals_the_whole_volume(model, patch_edge):
     cfg = model.cfg.replace(embed_patch_edge=patch_edge)
     vol = cells()
     norm = chunked.fit_normalisation(vol, cfg)
-    field = chunked.embedding_field(model, da.from_array(vol, chunks=(1, *CHUNKS)), norm, cfg)
-    np.testing.assert_allclose(field.compute(scheduler="synchronous"), whole_field(model, vol, cfg),
-                               rtol=0, atol=1e-12)
+    field = chunked.embedding_field(model, vol, norm, cfg, CHUNKS)
+    np.testing.assert_allclose(field, whole_field(model, vol, cfg), rtol=0, atol=1e-12)
 
 
 def test_one_voxel_less_overlap_changes_the_embedding(model):
@@ -92,8 +91,8 @@ def test_one_voxel_less_overlap_changes_the_embedding(model):
     whole = whole_field(model, vol, cfg)
     h = chunked.halos(cfg)
     for short in (chunked.Halo(h.embed - 1, h.smooth, 0), chunked.Halo(h.embed, h.smooth - 1, 0)):
-        field = chunked.embedding_field(model, da.from_array(vol, chunks=(1, *CHUNKS)), norm, cfg, short)
-        assert np.abs(field.compute(scheduler="synchronous") - whole).max() > 1e-9
+        field = chunked.embedding_field(model, vol, norm, cfg, CHUNKS, short)
+        assert np.abs(field - whole).max() > 1e-9
 
 
 @pytest.mark.parametrize("n_iter", [1, 3])
@@ -101,10 +100,8 @@ def test_chunked_mean_field_needs_two_voxels_per_sweep(n_iter):
     rng = np.random.default_rng(1)
     L = rng.normal(0, 1.0, (3, 23, 25, 27))
     whole = potts.mean_field(L, 1.5, n_iter=n_iter)
-    lazy = da.from_array(L, chunks=(3, 7, 8, 9))
-    np.testing.assert_array_equal(chunked.chunked_mean_field(lazy, 1.5, n_iter).compute(scheduler="synchronous"),
-                                  whole)
-    short = chunked.chunked_mean_field(lazy, 1.5, n_iter, depth=2 * n_iter - 1).compute(scheduler="synchronous")
+    np.testing.assert_array_equal(chunked.chunked_mean_field(L, 1.5, n_iter, (7, 8, 9)), whole)
+    short = chunked.chunked_mean_field(L, 1.5, n_iter, (7, 8, 9), depth=2 * n_iter - 1)
     assert np.abs(short - whole).max() > 1e-6
 
 

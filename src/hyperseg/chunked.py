@@ -2,24 +2,33 @@
 
 :func:`segment_chunked` runs the segmentation stage on a :mod:`dask.array`
 ``(C, D, H, W)`` (a Zarr / OME-Zarr store, :mod:`hyperseg.data.zarr_io`) and
-writes each level's labels into a Zarr array as its chunks are done. Memory is
-bounded by the processing chunk (and its overlap) times the number of tasks
-running at once, not by the volume. Dask schedules everything: threads or
-processes on one machine, or an existing ``dask.distributed`` cluster (a
-``Client``, or ``scheduler="tcp://HOST:8786"``).
+writes each level's labels into a Zarr array as its chunks are done. Dask
+schedules everything: threads or processes on one machine, or an existing
+``dask.distributed`` cluster (a ``Client``, or ``scheduler="tcp://HOST:8786"``).
+
+Every pass is one independent task per processing chunk that reads its
+*region* (the chunk plus the overlap the pass needs) straight from a Zarr
+array, computes, and writes its own chunk of the next Zarr array
+(:func:`_run_pass`): the input is first copied to a scratch array, and the
+encoder's output and the smoothed field go to scratch arrays too (``(d + C) * 8``
+bytes per voxel each, beside the output, removed at the end). So memory is one
+region per running task, whatever the volume's size. (A ``map_overlap`` graph,
+tried first, keeps the neighbours of the chunks in flight alive, a slab of
+chunks that grows with the volume: its peak memory grew with the volume in
+``benchmarks/bench_zarr.py``.) Freed buffers are handed back to the system after
+each task (``malloc_trim``), else heap fragmentation made memory creep up with
+the number of chunks.
 
 Steps, and which are exact
 --------------------------
 1. **Normalisation statistics** (:class:`NormFit`) from a strided sample of
    the raw volume (every voxel when the volume has at most
    ``norm_sample`` voxels: then they are :func:`hyperseg.data.preprocess.normalize_for`'s).
-2. **Embedding, then smoothing**, chunk by chunk (``dask.array.map_overlap``'s
-   overlap and trim), each pass stored to a scratch Zarr array beside the output
-   (``8 d`` bytes per voxel each, removed at the end): the encoder with an overlap
-   of its receptive field in native voxels (:func:`embed_radius`: the window
+2. **Embedding, then smoothing**, chunk by chunk: the encoder with an overlap of
+   its receptive field in native voxels (:func:`embed_radius`: the window
    geometry of :mod:`hyperseg.embed`, trilinear neighbours included), then the
    Gaussian smoothing with an overlap of its radius ``int(4 sigma + 0.5)``
-   (scipy's truncation). At the volume's faces Dask adds no overlap, so the
+   (scipy's truncation). At the volume's faces a region has no overlap, so the
    encoder's ``pad_mode`` and scipy's ``"nearest"`` see the true border.
 3. **Clustering** (:class:`LevelParams`) fitted on a sample of the smoothed points drawn across
    chunks (each chunk's share in proportion to its voxels, seeded by the
@@ -87,6 +96,11 @@ GAUSSIAN_TRUNCATE = 4.0
 NORM_SAMPLE = 2 ** 22
 #: Default processing chunk edge when the store's chunks are smaller than the overlap needs.
 MIN_CHUNK = 32
+#: Output edge of the encoder's tiles inside a chunk (``Config.embed_tile`` at most). The activations of a tile
+#: are the largest transient of a task (an eighth of the positions at 32 than at 64, for about the same time per
+#: voxel once the tile's own border is counted); with several tasks at once, large tiles made the peak depend on
+#: whether the tasks' largest layers coincide, so on how many chunks there are (benchmarks/bench_zarr.py).
+CHUNK_EMBED_TILE = 32
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -402,8 +416,8 @@ def segment_in_memory(model: HyperVAE, array: np.ndarray, fit: ChunkedFit, level
 
     cfg = check_config(cfg or model.cfg)
     x = normalise_block(array, fit.norm)
-    emb = embed_volume(model, torch.from_numpy(x), patch_edge=cfg.embed_patch_edge, tile=cfg.embed_tile,
-                       pad_mode=cfg.pad_mode)
+    emb = embed_volume(model, torch.from_numpy(x), patch_edge=cfg.embed_patch_edge,
+                       tile=min(cfg.embed_tile, CHUNK_EMBED_TILE), pad_mode=cfg.pad_mode)
     pts = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)
     shape = pts.shape[:-1]
     flat, values = pts.reshape(-1, pts.shape[-1]), x.reshape(x.shape[0], -1).T
@@ -446,95 +460,64 @@ def _compute(collection, client=None, scheduler: str | None = None, progress: bo
             from dask.diagnostics import ProgressBar
 
             print(desc, flush=True)
-            with ProgressBar(minimum=1.0):
+            with ProgressBar(minimum=1.0, dt=1.0):
                 return dask.compute(collection)[0]
         return dask.compute(collection)[0]
 
 
-def _block_start(chunks: tuple[tuple[int, ...], ...], index: Sequence[int], depth: int) -> tuple[int, ...]:
-    """Volume index of the first voxel of the overlapped block ``index`` (no overlap at the volume's faces)."""
-    out = []
-    for sizes, i in zip(chunks, index):
-        start = int(sum(sizes[:i]))
-        out.append(start - depth if i > 0 else start)
-    return tuple(out)
+def _memory_array(data: np.ndarray | None, shape=None, chunks=None, dtype=None):
+    """An in-memory Zarr array (for running the passes on a volume that fits in memory, as the tests do)."""
+    import zarr
+
+    shape = data.shape if data is not None else shape
+    z = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, chunks=chunks or shape,
+                          dtype=data.dtype if data is not None else dtype)
+    if data is not None:
+        z[...] = data
+    return z
 
 
-def _rechunked(x, least: int):
-    """``x`` ``(C, D, H, W)`` with one chunk along C and its spatial chunks' short last ones merged
-    (:func:`processing_chunks`), so that every chunk holds the overlap ``least``."""
-    spatial = processing_chunks(x.shape[1:], [c[0] for c in x.chunks[1:]], least)
-    return x.rechunk(((x.shape[0],), *spatial))
-
-
-def _overlapped(func: Callable, x, depth: int, channels: int, dtype):
-    """``func`` over the blocks of ``x`` ``(C, D, H, W)`` overlapped by ``depth`` voxels on the spatial axes
-    (none at the volume's faces), its ``(channels, ...)`` outputs trimmed back to the chunks: what
-    ``dask.array.map_overlap`` does, with another channel count out than in."""
-    import dask.array as da
-
-    dep = {0: 0, 1: depth, 2: depth, 3: depth}
-    if any(len(c) > 1 and min(c) < depth for c in x.chunks[1:]):  # dask would rechunk: block offsets would move
-        raise ValueError(f"chunks {x.chunks[1:]} are shorter than the overlap of {depth} voxels; rechunk with "
-                         "processing_chunks()")
-    g = da.overlap.overlap(x, depth=dep, boundary="none") if depth else x
-    out = g.map_blocks(func, dtype=dtype, chunks=((channels,), *g.chunks[1:]), meta=np.empty((0,) * 4, dtype))
-    return da.overlap.trim_internal(out, dep, boundary="none") if depth else out
-
-
-def _mean_field_block(L: np.ndarray, beta: float, n_iter: int, grid, depth: int, block_info=None) -> np.ndarray:
-    index = block_info[0]["chunk-location"][1:]
-    return mean_field_block(L, beta, n_iter, parity=sum(_block_start(grid, index, depth)) % 2)
-
-
-def chunked_mean_field(loglik, beta: float, n_iter: int, depth: int | None = None):
-    """:func:`hyperseg.potts.mean_field` (no mask) of a dask ``(K, D, H, W)`` log-likelihood field, chunk by chunk
-    with an overlap of ``depth`` voxels (default ``2 n_iter``, what it needs): a dask array of the posteriors."""
-    import dask.array as da
-
-    depth = 2 * n_iter if depth is None else depth
-    L = _rechunked(da.asarray(loglik), depth)
-    func = partial(_mean_field_block, beta=beta, n_iter=n_iter, grid=L.chunks[1:], depth=depth)
-    return _overlapped(func, L, depth, L.shape[0], np.float64)
-
-
-def raw_embedding(model: HyperVAE, raw, norm: NormFit, cfg: Config, depth: int | None = None):
-    """The encoder means of raw ``(C, D, H, W)`` (dask, chunked as it is) as a dask array ``(d, D, H, W)`` in the
-    latent dtype, each chunk embedded with an overlap of ``depth`` voxels (default :func:`halos`'s ``embed``)."""
-    import dask.array as da
-
-    depth = halos(cfg).embed if depth is None else depth
-    least = max(depth, padding_for(cfg.embed_patch_edge) + 1)
-    return _overlapped(partial(_embed_block, model=model, norm=norm, cfg=cfg), _rechunked(da.asarray(raw), least),
-                       depth,
-                       int(cfg.latent_dim), np.float64)
-
-
-def smoothed_field(field, cfg: Config, depth: int | None = None):
-    """:func:`hyperseg.smooth.smooth_embedding` of a dask field ``(d, D, H, W)`` chunk by chunk, with an overlap of
-    ``depth`` voxels (default :func:`halos`'s ``smooth``, the Gaussian's radius): a dask array, float64."""
-    import dask.array as da
-
-    depth = halos(cfg).smooth if depth is None else depth
-    if cfg.smooth_sigma == 0:
-        return da.asarray(field).astype(np.float64)
-    return _overlapped(partial(_smooth_block, cfg=cfg), _rechunked(da.asarray(field), depth), depth,
-                       int(field.shape[0]), np.float64)
-
-
-def embedding_field(model: HyperVAE, raw, norm: NormFit, cfg: Config, halo: Halo | None = None):
-    """The smoothed embedding of raw ``(C, D, H, W)`` (dask) as a dask array ``(d, D, H, W)`` float64:
-    :func:`raw_embedding` then :func:`smoothed_field` with the overlaps of ``halo`` (default :func:`halos`)."""
+def embedding_field(model: HyperVAE, raw: np.ndarray, norm: NormFit, cfg: Config, chunks: Sequence[int],
+                    halo: Halo | None = None) -> np.ndarray:
+    """The smoothed embedding ``(d, D, H, W)`` float64 of raw ``(C, D, H, W)`` by the passes of
+    :func:`segment_chunked` (encoder, then smoothing, each chunk of ``chunks`` read with its overlap from a Zarr
+    array, here in memory), with the overlaps of ``halo`` (default :func:`halos`)."""
     halo = halo or halos(cfg)
-    return smoothed_field(raw_embedding(model, raw, norm, cfg, halo.embed), cfg, halo.smooth)
+    raw = np.asarray(raw)
+    d, C, shape = int(cfg.latent_dim), raw.shape[0], raw.shape[1:]
+    grid = processing_chunks(shape, chunks, _least(halo, cfg))
+    field = _memory_array(None, (d + C, *shape), dtype=np.float64)
+    _run_pass(partial(_embed_values, model=model, norm=norm, cfg=cfg), _memory_array(raw), field, grid,
+              halo.embed, None, "synchronous", False, "")
+    if cfg.smooth_sigma > 0:
+        smooth = _memory_array(None, (d + C, *shape), dtype=np.float64)
+        _run_pass(partial(_smooth_values, cfg=cfg, d=d), field, smooth, grid, halo.smooth, None, "synchronous",
+                  False, "")
+        field = smooth
+    return np.asarray(field[:d])
 
 
-def _embed_block(raw: np.ndarray, model: HyperVAE, norm: NormFit, cfg: Config) -> np.ndarray:
-    """Overlapped raw block ``(C, a, b, c)`` -> encoder means ``(d, a, b, c)`` (its rim is trimmed)."""
-    x = normalise_block(raw, norm)
-    emb = embed_volume(model, torch.from_numpy(np.ascontiguousarray(x)), patch_edge=cfg.embed_patch_edge,
-                       tile=cfg.embed_tile, pad_mode=cfg.pad_mode)
-    return np.ascontiguousarray(np.moveaxis(emb.numpy(), -1, 0))
+def _mean_field_region(L: np.ndarray, mask, start, beta: float, n_iter: int) -> np.ndarray:
+    return mean_field_block(L, beta, n_iter, mask=mask, parity=sum(start) % 2)
+
+
+def chunked_mean_field(loglik: np.ndarray, beta: float, n_iter: int, chunks: Sequence[int],
+                       depth: int | None = None) -> np.ndarray:
+    """:func:`hyperseg.potts.mean_field` (no mask) of ``(K, D, H, W)`` log-likelihoods by the label pass of
+    :func:`segment_chunked`: each chunk of ``chunks`` read with an overlap of ``depth`` voxels (default
+    ``2 n_iter``, what it needs). Returns the posteriors ``(K, D, H, W)``."""
+    L = np.asarray(loglik, dtype=np.float64)
+    depth = 2 * n_iter if depth is None else depth
+    grid = processing_chunks(L.shape[1:], chunks, 1)
+    out = _memory_array(None, L.shape, dtype=np.float64)
+    _run_pass(partial(_mean_field_region, beta=beta, n_iter=n_iter), _memory_array(L), out, grid, depth, None,
+              "synchronous", False, "")
+    return np.asarray(out[...])
+
+
+def _least(halo: Halo, cfg: Config) -> int:
+    """The shortest last chunk along an axis: shorter ones join the chunk before."""
+    return max(halo.embed, halo.smooth, halo.potts, padding_for(cfg.embed_patch_edge) + 1, 1)
 
 
 def _smooth_block(field: np.ndarray, cfg: Config) -> np.ndarray:
@@ -543,42 +526,100 @@ def _smooth_block(field: np.ndarray, cfg: Config) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(pts, -1, 0))
 
 
-def _labels_block(stack: np.ndarray, lp: LevelParams, cfg: Config, d: int, masked: bool,
-                  grid: tuple[tuple[int, ...], ...], depth: int, block_info=None) -> np.ndarray:
-    """Overlapped block of ``[points (d), values (C), mask (1)]`` ``(d + C + 1, a, b, c)`` -> labels
-    ``(1, a, b, c)`` uint8 (its rim is trimmed)."""
-    index = block_info[0]["chunk-location"][1:]
-    parity = sum(_block_start(grid, index, depth)) % 2
-    pts = np.moveaxis(stack[:d], 0, -1)
-    values = stack[d:-1]
-    mask = stack[-1] > 0.5 if masked else None
-    return labels_of(pts, values, lp, cfg, mask=mask, parity=parity)[None]
+def _region(grid: tuple[tuple[int, ...], ...], index: Sequence[int], depth: int, shape: Sequence[int]):
+    """Chunk ``index`` of ``grid``: its own ``[lo, hi)`` and its overlapped ``[elo, ehi)`` (clipped at the faces)."""
+    lo = tuple(int(sum(g[:i])) for g, i in zip(grid, index))
+    hi = tuple(a + int(g[i]) for a, g, i in zip(lo, grid, index))
+    elo = tuple(max(0, a - depth) for a in lo)
+    ehi = tuple(min(int(n), b + depth) for b, n in zip(hi, shape))
+    return lo, hi, elo, ehi
 
 
-def _sample_block(emb: np.ndarray, raw: np.ndarray, mask: np.ndarray | None, fraction: float, norm: NormFit,
-                  seed: int, key: tuple[int, ...]) -> np.ndarray:
-    """``(n, d + C)`` points and normalised values of a random ``fraction`` of a block's voxels (of ``mask``)."""
+def _pass_task(func: Callable, src, dst, index: tuple[int, ...], grid, depth: int, mask=None) -> int:
+    """One chunk of a pass: read its overlapped region of ``src`` ``(C, D, H, W)`` (and of ``mask`` ``(D, H, W)``)
+    straight from the Zarr arrays, ``func(block, mask_block, start)``, write the chunk's own part into ``dst``."""
+    lo, hi, elo, ehi = _region(grid, index, depth, src.shape[-3:])
+    ext = tuple(slice(a, b) for a, b in zip(elo, ehi))
+    block = np.asarray(src[(slice(None), *ext)])
+    m = None if mask is None else np.asarray(mask[ext]) > 0
+    out = func(block, m, elo)
+    inner = tuple(slice(a - e, b - e) for a, b, e in zip(lo, hi, elo))
+    own = tuple(slice(a, b) for a, b in zip(lo, hi))
+    if out.ndim == 4:
+        dst[(slice(None), *own)] = out[(slice(None), *inner)]
+    else:
+        dst[own] = out[inner]
+    del block, out, m
+    _release_memory()
+    return 0
+
+
+def _release_memory() -> None:
+    """Give freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere). Without it the
+    large per-chunk buffers freed by worker threads stay in the process's heaps, fragmented, and the resident
+    memory creeps up with the number of chunks instead of staying at one region per running task."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_pass(func: Callable, src, dst, grid, depth: int, client, scheduler, progress: bool, desc: str,
+              mask=None) -> None:
+    """``func`` over every chunk of ``grid``, each an independent task that reads its region (chunk plus ``depth``
+    voxels) from the Zarr array ``src`` and writes its chunk of ``dst``: nothing but one region per running task
+    is held, whatever the volume's size (a ``map_overlap`` graph keeps neighbouring chunks alive)."""
+    import dask
+
+    shared = dask.delayed(func, pure=True)  # one copy of the function (and the model it holds) for all tasks
+    tasks = [dask.delayed(_pass_task, pure=False)(shared, src, dst, i, grid, depth, mask)
+             for i in np.ndindex(*(len(g) for g in grid))]
+    _compute(tasks, client, scheduler, progress, desc)
+
+
+def _embed_values(raw: np.ndarray, mask, start, model: HyperVAE, norm: NormFit, cfg: Config) -> np.ndarray:
+    """Raw region ``(C, a, b, c)`` -> ``(d + C, a, b, c)`` float64: its encoder means and normalised values."""
+    x = normalise_block(raw, norm)
+    emb = embed_volume(model, torch.from_numpy(np.ascontiguousarray(x)), patch_edge=cfg.embed_patch_edge,
+                       tile=min(cfg.embed_tile, CHUNK_EMBED_TILE), pad_mode=cfg.pad_mode)
+    return np.concatenate([np.moveaxis(emb.numpy(), -1, 0), x.astype(np.float64)])
+
+
+def _smooth_values(block: np.ndarray, mask, start, cfg: Config, d: int) -> np.ndarray:
+    """``(d + C, a, b, c)`` -> the same with the ``d`` embedding channels smoothed."""
+    return np.concatenate([_smooth_block(block[:d], cfg), block[d:]])
+
+
+def _labels_region(block: np.ndarray, mask, start, lp: LevelParams, cfg: Config, d: int) -> np.ndarray:
+    """``(d + C, a, b, c)`` smoothed points and values of a region starting at voxel ``start`` -> labels
+    ``(a, b, c)`` uint8, the Potts colours of the volume's grid."""
+    pts = np.moveaxis(block[:d], 0, -1)
+    return labels_of(pts, block[d:], lp, cfg, mask=mask, parity=sum(start) % 2)
+
+
+def _sample_block(field: np.ndarray, mask: np.ndarray | None, fraction: float, seed: int,
+                  key: tuple[int, ...]) -> np.ndarray:
+    """``(n, d + C)`` rows (points, normalised values) of a random ``fraction`` of a block's voxels (of ``mask``)."""
     rng = np.random.default_rng([seed, *key])
-    where = np.flatnonzero(mask.reshape(-1)) if mask is not None else np.arange(emb[0].size)
+    where = np.flatnonzero(mask.reshape(-1)) if mask is not None else np.arange(field[0].size)
     n = min(len(where), int(round(fraction * len(where))))
     pick = np.sort(rng.choice(where, size=n, replace=False)) if n < len(where) else where
-    values = normalise_block(raw, norm).reshape(raw.shape[0], -1)[:, pick]
-    return np.concatenate([emb.reshape(emb.shape[0], -1)[:, pick], values.astype(np.float64)], axis=0).T
+    return field.reshape(field.shape[0], -1)[:, pick].T
 
 
-def _sample(emb, raw, mask, total: int, size: int, norm: NormFit, seed: int, client, scheduler) -> np.ndarray:
-    """A sample of about ``size`` voxels (of ``mask``, which holds ``total``), drawn across all chunks."""
+def _sample(field, mask, total: int, size: int, seed: int, client, scheduler) -> np.ndarray:
+    """A sample of about ``size`` voxels (of ``mask``, which holds ``total``) of ``field`` ``(d + C, D, H, W)``,
+    drawn across all chunks, each chunk's share in proportion to its voxels (seeded by the chunk's index)."""
     import dask
 
     fraction = min(1.0, size / max(total, 1))
-    eb, rb = emb.to_delayed(), raw.to_delayed()
+    fb = field.to_delayed()
     mb = mask.to_delayed() if mask is not None else None
-    parts = []
-    for idx in np.ndindex(*eb.shape[1:]):
-        m = mb[idx] if mb is not None else None
-        parts.append(dask.delayed(_sample_block)(eb[(0, *idx)], rb[(0, *idx)], m, fraction, norm, seed, idx))
-    rows = _compute(parts, client, scheduler)
-    return np.concatenate(rows, axis=0)
+    parts = [dask.delayed(_sample_block)(fb[(0, *i)], mb[i] if mb is not None else None, fraction, seed, i)
+             for i in np.ndindex(*fb.shape[1:])]
+    return np.concatenate(_compute(parts, client, scheduler), axis=0)
 
 
 def _norm_sample(raw, limit: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -615,9 +656,8 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
     ks = list(dict.fromkeys(int(k) for k in levels))
     if math.prod(shape) < max(ks):
         raise ValueError(f"the volume has {math.prod(shape)} voxels, fewer than the {max(ks)} clusters asked for")
-    least = max(halo.embed, halo.smooth, halo.potts, padding_for(cfg.embed_patch_edge) + 1, 1)
     want = chunks or tuple(max(c, MIN_CHUNK) for c in (x[0] for x in raw.chunks[1:]))
-    pchunks = processing_chunks(shape, want, least)
+    pchunks = processing_chunks(shape, want, _least(halo, cfg))
     raw = raw.rechunk(((raw.shape[0],), *pchunks))
     say = log or (lambda s: None)
     seconds: dict[str, float] = {}
@@ -630,42 +670,43 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
         norm = fit.norm
     seconds["normalisation"] = time.perf_counter() - t0
 
-    # embedding + smoothing, overlapped by the receptive field and the kernel, stored to scratch
+    # every pass reads its chunk's region (chunk plus overlap) from a scratch Zarr array and writes its chunk
     t0 = time.perf_counter()
-    d = int(cfg.latent_dim)
+    d, C = int(cfg.latent_dim), int(raw.shape[0])
     import zarr
 
     scratch = zarr.open_group(store=str(writer.scratch), mode="w", zarr_format=2)
+    zc = want_chunks(pchunks)
 
-    def to_scratch(name: str, x, desc: str):
-        z = scratch.create_array(name, shape=(d, *shape), chunks=(d, *want_chunks(pchunks)), dtype="float64",
-                                 compressors=None)
-        _compute(da.store(x, z, lock=False, compute=False), client, scheduler, progress, desc)
-        return da.from_zarr(z).rechunk(((d,), *pchunks))
+    def scratch_array(name: str, channels: int, dtype):
+        return scratch.create_array(name, shape=(channels, *shape), chunks=(channels, *zc), dtype=dtype,
+                                    compressors=None)
 
-    # two passes, each stored: the encoder (the costly step) then needs only its receptive field as overlap
-    emb = to_scratch("encoder", raw_embedding(model, raw, norm, cfg, halo.embed), "embed")
+    def run(func, src, dst, depth: int, desc: str, mask=None) -> None:
+        _run_pass(func, src, dst, pchunks, depth, client, scheduler, progress, desc, mask=mask)
+
+    source = scratch_array("raw", C, raw.dtype)
+    _compute(da.store(raw, source, lock=False, compute=False), client, scheduler)
+    # the encoder (the costly step) with its receptive field as overlap, then the smoothing with its radius
+    field = scratch_array("encoder", d + C, np.float64)
+    run(partial(_embed_values, model=model, norm=norm, cfg=cfg), source, field, halo.embed, "embed")
     if cfg.smooth_sigma > 0:
-        emb = to_scratch("smoothed", smoothed_field(emb, cfg, halo.smooth), "smooth")
+        smooth = scratch_array("smoothed", d + C, np.float64)
+        run(partial(_smooth_values, cfg=cfg, d=d), field, smooth, halo.smooth, "smooth")
+        field = smooth
     seconds["embed"] = time.perf_counter() - t0
+    lazy = da.from_zarr(field).rechunk(((d + C,), *pchunks))
 
-    values = raw.map_blocks(normalise_block, norm, dtype=np.float32)
     total = math.prod(shape)
     n_sample = sample_size or cfg.kmeans_sample or 200_000
     fitted = dict(fit.levels) if fit is not None else {}
     background = fit.background if fit is not None else None
 
-    def level_pass(lp: LevelParams, mask) -> Any:
-        m = mask.astype(np.float64)[None] if mask is not None else da.zeros((1, *shape), chunks=((1,), *pchunks))
-        stack = da.concatenate([emb, values.astype(np.float64), m], axis=0).rechunk(((d + cfg.in_channels + 1,),
-                                                                                      *pchunks))
-        func = partial(_labels_block, lp=lp, cfg=cfg, d=d, masked=mask is not None, grid=pchunks,
-                       depth=halo.potts)
-        out = _overlapped(func, stack, halo.potts, 1, np.uint8)
-        return out[0]
+    def level_pass(lp: LevelParams, dst, mask=None, desc: str = "") -> None:
+        run(partial(_labels_region, lp=lp, cfg=cfg, d=d), field, dst, halo.potts, desc, mask=mask)
 
     def fit_on(mask, count: int, n_clusters: int, inside: bool) -> LevelParams:
-        rows = _sample(emb, raw, mask, count, n_sample, norm, seed, client, scheduler)
+        rows = _sample(lazy, mask, count, n_sample, seed, client, scheduler)
         if len(rows) < n_clusters:
             raise ValueError(f"the sample holds {len(rows)} voxel(s), fewer than the {n_clusters} clusters asked for")
         return fit_level_params(rows[:, :d], rows[:, d:], n_clusters, cfg, seed=seed, inside=inside)
@@ -676,24 +717,23 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
         foreground = "split"
         if 2 not in fitted:
             fitted[2] = fit_on(None, total, 2, False)
-        two = scratch.create_array("two", shape=shape, chunks=want_chunks(pchunks), dtype="uint8")
-        _compute(da.store(level_pass(fitted[2], None), two, lock=False, compute=False), client, scheduler,
-                 progress, "level 2")
+        two = scratch.create_array("two", shape=shape, chunks=zc, dtype="uint8")
+        level_pass(fitted[2], two, desc="level 2")
         two_d = da.from_zarr(two).rechunk(pchunks)
         if background is None:
             faces = [two_d[0], two_d[-1], two_d[:, 0], two_d[:, -1], two_d[:, :, 0], two_d[:, :, -1]]
             counts = _compute([da.bincount(f.ravel(), minlength=2) for f in faces], client, scheduler)
             background = int(np.sum(counts, axis=0).argmax())
-        arr = writer.create(2, want_chunks(pchunks))
-        _compute(da.store(filled_foreground(two_d, background, client, scheduler), arr, lock=False, compute=False),
-                 client, scheduler)
-        fg = da.from_zarr(arr).rechunk(pchunks) > 0
+        fg_store = writer.create(2, zc)
+        _compute(da.store(filled_foreground(two_d, background, client, scheduler), fg_store, lock=False,
+                          compute=False), client, scheduler)
+        fg = da.from_zarr(fg_store).rechunk(pchunks) > 0
         count = int(_compute(fg.sum(), client, scheduler))
         say(f"level 2: foreground {count} of {total} voxels")
         for k in ks:
             if k == 2:
                 continue
-            arr = writer.create(k, want_chunks(pchunks))
+            arr = writer.create(k, zc)
             if k < 2:
                 continue
             if count < k - 1:
@@ -701,15 +741,12 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
                                  "inside it; ask for fewer clusters or use hierarchy 'independent'")
             if k not in fitted:
                 fitted[k] = fit_on(fg, count, k - 1, True)
-            _compute(da.store(level_pass(fitted[k], fg), arr, lock=False, compute=False), client, scheduler,
-                     progress, f"level {k}")
+            level_pass(fitted[k], arr, mask=fg_store, desc=f"level {k}")
     else:
         for k in ks:
             if k not in fitted:
                 fitted[k] = fit_on(None, total, k, False)
-            arr = writer.create(k, want_chunks(pchunks))
-            _compute(da.store(level_pass(fitted[k], None), arr, lock=False, compute=False), client, scheduler,
-                     progress, f"level {k}")
+            level_pass(fitted[k], writer.create(k, zc), desc=f"level {k}")
     seconds["levels"] = time.perf_counter() - t0
     writer.group.attrs["hyperseg"] = {**writer.group.attrs.get("hyperseg", {}), "stage": "chunked",
                                       "foreground": foreground, "fit": fit_to_dict(ChunkedFit(norm, fitted, background))}
@@ -875,7 +912,7 @@ def want_chunks(pchunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
     return tuple(int(c[0]) for c in pchunks)
 
 
-__all__ = ["ChunkedFit", "ChunkedResult", "Halo", "LevelParams", "NormFit", "check_config", "embed_radius",
-           "fit_from_dict", "fit_level_params", "fit_normalisation", "fit_to_dict", "halos", "labels_of", "level_loglik", "mean_field_block",
-           "normalise_block", "processing_chunks", "chunked_mean_field", "embedding_field", "filled_foreground", "raw_embedding",
-           "segment_zarr_case", "smoothed_field", "segment_chunked", "segment_in_memory"]
+__all__ = ["ChunkedFit", "ChunkedResult", "Halo", "LevelParams", "NormFit", "check_config", "chunked_mean_field",
+           "embed_radius", "embedding_field", "filled_foreground", "fit_from_dict", "fit_level_params",
+           "fit_normalisation", "fit_to_dict", "halos", "labels_of", "level_loglik", "mean_field_block",
+           "normalise_block", "processing_chunks", "segment_chunked", "segment_in_memory", "segment_zarr_case"]
