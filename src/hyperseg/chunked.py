@@ -185,10 +185,6 @@ class Halo:
     smooth: int
     potts: int
 
-    @property
-    def field(self) -> int:
-        return self.embed + self.smooth
-
 
 @dataclass
 class ChunkedResult:
@@ -806,7 +802,8 @@ def segment_zarr_case(model: HyperVAE, case, options, levels: Sequence[int],
         with LabelsWriter(zarr_output(case, options), shape, img.spacing, img.origin, img.unit, like=img,
                           source=str(path)) as writer:
             segment_chunked(model, img.array, levels, writer, chunks=options.chunks, client=client,
-                            scheduler=scheduler, seed=options.seed, progress=options.progress)
+                            scheduler=scheduler, seed=options.seed, progress=options.progress,
+                            log=(lambda m: print(m, flush=True)) if options.progress else None)
             root = writer.finish()
     finally:
         if client is not None and options.client is None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,8 +364,7 @@ class LabelsWriter:
 
 
 def write_ome_zarr_labels(root: str | Path, labels: Mapping[int, np.ndarray], spacing, origin=(0.0, 0.0, 0.0),
-                          unit: str = "", like: ZarrImage | None = None, source: str | None = None,
-                          write: Callable | None = None) -> Path:
+                          unit: str = "", like: ZarrImage | None = None, source: str | None = None) -> Path:
     """Write in-memory label maps ``{K: (D, H, W)}`` as the NGFF ``labels`` group of ``root``, atomically."""
     shape = next(iter(labels.values())).shape
     with LabelsWriter(root, shape, spacing, origin, unit, like=like, source=source) as w:
