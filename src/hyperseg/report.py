@@ -219,6 +219,20 @@ def _overlay_axes(ax, image: np.ndarray, labels: np.ndarray | None, n_labels: in
     ax.set_yticks([])
 
 
+def disk_frame(ax, hyperbolic: bool) -> None:
+    """Frame a scatter of latent points on ``ax``: the unit circle and limits just outside it for the Poincare
+    disk (``hyperbolic``), equal aspect, no ticks. Shared by the PNG and HTML reports and the napari dock."""
+    from matplotlib.patches import Circle
+
+    if hyperbolic:
+        ax.add_patch(Circle((0, 0), 1.0, fill=False, color="black", linewidth=1))
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_ylim(-1.05, 1.05)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def render_case_report(
     image: np.ndarray,
     labels: dict[int, np.ndarray],
@@ -245,8 +259,6 @@ def render_case_report(
     :func:`disk_coordinates` for the projection when ``d > 2``), coloured by
     the finest level's clusters (the largest K).
     """
-    from matplotlib.patches import Circle
-
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3:
         raise ValueError(f"expected an image of shape (D, H, W), got {image.shape}")
@@ -298,16 +310,8 @@ def render_case_report(
         else:
             ax.scatter(xy[:, 0], xy[:, 1], s=2, linewidths=0, color="0.3", rasterized=True)
             ax.set_title(f"embedding ({n} voxels)", fontsize=9)
-        if c is not None:
-            ax.add_patch(Circle((0, 0), 1.0, fill=False, color="black", linewidth=1))
-            ax.set_xlim(-1.05, 1.05)
-            ax.set_ylim(-1.05, 1.05)
-            ax.set_xlabel(f"Poincare disk: {how}", fontsize=7)
-        else:
-            ax.set_xlabel(f"Euclidean latent: {how}", fontsize=7)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        disk_frame(ax, c is not None)
+        ax.set_xlabel(f"{'Poincare disk' if c is not None else 'Euclidean latent'}: {how}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

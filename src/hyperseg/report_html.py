@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .report import (DISPLAY_PERCENTILES, MAX_DISK_POINTS, OVERLAY_ALPHA, _new_figure, _png_bytes,
-                     colours_matched_to_truth, disk_coordinates, label_cmap, truth_for)
+                     colours_matched_to_truth, disk_coordinates, disk_frame, label_cmap, truth_for)
 from .utils import atomic_write
 
 #: Volumes with more voxels are shown subsampled (every s-th voxel per axis): 16 M voxels is 21 MB of base64 a map.
@@ -68,19 +68,12 @@ def _hex(rgb) -> str:
 
 
 def _disk_png(xy: np.ndarray, colour: np.ndarray, n_colours: int, hyperbolic: bool, how: str) -> bytes:
-    from matplotlib.patches import Circle
 
     fig = _new_figure(3.6, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap=label_cmap(n_colours), vmin=-0.5, vmax=n_colours - 0.5,
                s=3, linewidths=0, rasterized=True)
-    if hyperbolic:
-        ax.add_patch(Circle((0, 0), 1.0, fill=False, color="black", linewidth=1))
-        ax.set_xlim(-1.05, 1.05)
-        ax.set_ylim(-1.05, 1.05)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    disk_frame(ax, hyperbolic)
     ax.set_xlabel(("Poincare disk: " if hyperbolic else "Euclidean latent: ") + how, fontsize=6)
     fig.tight_layout()
     return _png_bytes(fig, dpi=100)

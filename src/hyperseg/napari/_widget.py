@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, Q
                             QTreeWidgetItem, QVBoxLayout, QWidget)
 
 from ..config import Config
-from ..report import MAX_DISK_POINTS, disk_projection
+from ..report import MAX_DISK_POINTS, disk_frame, disk_projection
 from ._core import Progress, image_volume, labels_name, level_tree, parse_levels, segment_layer, train_on_volume
 
 #: Roles of the tree items' data: the level K and the label.
@@ -72,7 +72,6 @@ class DiskView(QWidget):
 
     def draw_points(self, points: np.ndarray, colours: np.ndarray, c: float | None, title: str) -> None:
         """``points`` ``(N, d)`` latent points, ``colours`` ``(N, 4)`` RGBA."""
-        from matplotlib.patches import Circle
 
         self.project, how = disk_projection(points, c)
         xy = self.project(points)
@@ -80,13 +79,7 @@ class DiskView(QWidget):
         ax = self.axes
         ax.clear()
         ax.scatter(xy[:, 0], xy[:, 1], c=colours, s=3, linewidths=0)
-        if c is not None:
-            ax.add_patch(Circle((0, 0), 1.0, fill=False, color="black", linewidth=1))
-            ax.set_xlim(-1.05, 1.05)
-            ax.set_ylim(-1.05, 1.05)
-        ax.set_aspect("equal")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        disk_frame(ax, c is not None)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(how, fontsize=6)
         (self.marker,) = ax.plot([], [], "x", color="red", markersize=12, markeredgewidth=2)
