@@ -169,3 +169,22 @@ def test_the_mri_preset_is_the_masked_stage_on_every_volume():
     mri, masked = Config.from_preset("mri"), Config().masked_config()
     for name in ("hierarchy", "foreground", *Config().masked_stage):
         assert getattr(mri, name) == getattr(masked, name), name
+
+
+def test_hmrf_from_intensity_fits_no_clustering_of_the_embedding(monkeypatch):
+    import hyperseg.segment as S
+
+    raw, emb, region = _ball_scene(object_brighter=True)
+    values = ((raw - raw.mean()) / raw.std()).reshape(1, -1).T
+    points = emb.reshape(-1, 2).astype(np.float64)
+    cfg = Config(latent_dim=2, kmeans_n_init=2, refine="hmrf_em", refine_init="intensity", intensity_weight=1.0,
+                 embedding_weight=0.15, refine_iter=2)
+    with_fit = S.regularise_level(points, S.fit_level(points, 3, cfg), cfg, region.shape, values)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the embedding was clustered for nothing")
+
+    monkeypatch.setattr(S, "fit_level", no_fit)
+    np.testing.assert_array_equal(S.level_labels(points, 3, cfg, region.shape, values), with_fit)
+    with pytest.raises(AssertionError, match="for nothing"):  # the other start does need it
+        S.level_labels(points, 3, cfg.replace(refine_init="clusters"), region.shape, values)

@@ -149,12 +149,8 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
     K = len(fit.centres)
     if cfg.refine == "hmrf_em":
         if cfg.refine_init == "intensity":
-            if intensities is None:
-                raise ValueError("segment: refine_init 'intensity' needs the voxels' intensities; pass intensities=")
-            start = intensity_kmeans(intensities, K)
-        else:
-            start = fit.labels
-        return hmrf_em(points, intensities, start, K, shape, cfg.potts_beta,
+            return _hmrf_from_intensity(points, intensities, K, cfg, shape, mask)
+        return hmrf_em(points, intensities, fit.labels, K, shape, cfg.potts_beta,
                        embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
                        n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask)
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
@@ -171,12 +167,34 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
                         mask=mask)
 
 
+def _hmrf_from_intensity(points: np.ndarray, intensities: np.ndarray | None, n_clusters: int, cfg: Config,
+                         shape: tuple[int, int, int], mask: np.ndarray | None) -> np.ndarray:
+    """Hidden-MRF EM started from :func:`~hyperseg.regularize.intensity_kmeans` (``refine_init: intensity``)."""
+    if intensities is None:
+        raise ValueError("segment: refine_init 'intensity' needs the voxels' intensities; pass intensities=")
+    return hmrf_em(points, intensities, intensity_kmeans(intensities, n_clusters), n_clusters, shape, cfg.potts_beta,
+                   embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
+                   n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask)
+
+
+def level_labels(points: np.ndarray, n_clusters: int, cfg: Config, shape: tuple[int, int, int],
+                 intensities: np.ndarray | None, mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """One level's labels ``(M,)``: :func:`fit_level` then :func:`regularise_level`; hidden-MRF EM started from the
+    intensities (``refine: hmrf_em``, ``refine_init: intensity``) does not use the embedding's clustering, so
+    none is fitted. Arguments as :func:`regularise_level`."""
+    if cfg.refine == "hmrf_em" and cfg.refine_init == "intensity":
+        if n_clusters > len(points):
+            raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
+        return _hmrf_from_intensity(points, intensities, n_clusters, cfg, shape, mask)
+    return regularise_level(points, fit_level(points, n_clusters, cfg, seed=seed), cfg, shape, intensities, mask=mask)
+
+
 def split_foreground(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config, shape: tuple[int, int, int],
                      seed: int = 0) -> np.ndarray:
     """Foreground ``(N,)`` bool of the refined 2-cluster level (:func:`~hyperseg.regularize.foreground_of`), clustered
     on ``fields[2]`` if given, else on the smallest level's field (``fields``, ``values`` as :func:`refined_levels`)."""
     base = fields[2] if 2 in fields else fields[min(fields)]
-    return foreground_of(regularise_level(base, fit_level(base, 2, cfg, seed=seed), cfg, shape, values), shape)
+    return foreground_of(level_labels(base, 2, cfg, shape, values, seed=seed), shape)
 
 
 def mask_agreement(mask: np.ndarray, split: np.ndarray) -> float:
@@ -204,8 +222,7 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
     ks = list(fields)
     N = int(np.prod(shape))
     if cfg.hierarchy != "foreground":
-        return {k: regularise_level(fields[k], fit_level(fields[k], k, cfg, seed=seed), cfg, shape, values)
-                for k in ks}
+        return {k: level_labels(fields[k], k, cfg, shape, values, seed=seed) for k in ks}
     if foreground is None:
         fg = split_foreground(fields, values, cfg, shape, seed=seed)
     else:
@@ -220,8 +237,7 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
                 raise ValueError(f"segment: the foreground holds {int(fg.sum())} voxel(s), fewer than the {k - 1} "
                                  "clusters asked for inside it; ask for fewer clusters or use hierarchy 'independent'")
             pts = fields[k][fg]
-            lab[fg] = regularise_level(pts, fit_level(pts, k - 1, cfg, seed=seed), cfg, shape, values[fg],
-                                       mask=fg) + 1
+            lab[fg] = level_labels(pts, k - 1, cfg, shape, values[fg], mask=fg, seed=seed) + 1
         out[k] = lab
     return out
 
