@@ -109,6 +109,7 @@ def main() -> None:
     scores = {s: [] for s in stages}  # per run: {level: [dice per volume]}
     cpu = {s: 0.0 for s in stages}
     masked = {s: 0 for s in stages}  # volumes whose foreground was the intensity mask (foreground auto/threshold)
+    agreements = {s: [] for s in stages}  # foreground auto: Dice of the intensity mask and the split, per volume
     truth = {f: {lvl: read_labels(args.data / "labels" / f"{f.name[:-7]}_level{lvl}.nii.gz") for lvl in LEVELS}
              for f in files}
     for i, run in enumerate(args.runs):
@@ -124,6 +125,8 @@ def main() -> None:
                 seg = segment_embedding(cfg, emb, x, list(LEVELS.values()), seed=0, array=raw)
                 cpu[s] += time.process_time() - t
                 masked[s] += seg.foreground == "mask"
+                if seg.agreement is not None:
+                    agreements[s].append(seg.agreement)
                 for lvl, k in LEVELS.items():
                     per[s][lvl].append(mean_dice(seg.labels[k], truth[f][lvl]))
             print(f"run {i} {f.name} done", flush=True)
@@ -157,7 +160,9 @@ def main() -> None:
                      **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in means.items()},
                      **{f"dice_level{lvl}_run_std": round(float(np.std(v)), 4) for lvl, v in means.items()},
                      "cpu_seconds_per_volume": round(cpu[s] / (len(files) * len(args.runs)), 3),
-                     "volumes_in_intensity_mask": masked[s], "volumes_scored": len(files) * len(args.runs)})
+                     "volumes_in_intensity_mask": masked[s], "volumes_scored": len(files) * len(args.runs),
+                     **({"mask_split_agreement_min": round(min(agreements[s]), 4),
+                         "mask_split_agreement_max": round(max(agreements[s]), 4)} if agreements[s] else {})})
     if args.peers:
         from hyperseg.comparison.peers import PEERS
 

@@ -275,6 +275,8 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, se
             t0 = time.perf_counter() - embed_seconds  # seconds = the embedding pass + this row's stage
             seg = segment_embedding(cfg, emb, xn, list(LEVELS), seed=seed, array=x[None])
             extra["embed_seconds"] = embed_seconds
+            if seg.agreement is not None:  # foreground auto: the Dice of the intensity mask and the split
+                extra.update(agreement=seg.agreement, foreground=seg.foreground)
             labels = {k: np.asarray(v, dtype=np.int64) for k, v in seg.labels.items()}
         else:
             from hyperseg.comparison.peers import PEERS

@@ -153,7 +153,8 @@ class Config:
     # "auto" (default): the mask where it agrees with the split (Dice >= foreground_agreement: an object brighter
     # than its background, as a brain in a T1 scan), its levels then refined with masked_stage's fields on top,
     # else the split with this configuration's own refinement. Chosen on Colin27 and the synthetic validation
-    # volumes (BENCHMARKS.md): the mask and the split agree to 0.975 on Colin27, to at most 0.67 on synthetic cells
+    # volumes (BENCHMARKS.md): the mask and the split agree to 0.969-0.994 on Colin27, to at most 0.675 on the
+    # synthetic cells (benchmarks/results/mri_colin27.json, foreground_agreement_simple_val.json)
     foreground: str = "auto"
     foreground_agreement: float = 0.9
     # the refinement fields used inside the intensity mask when foreground "auto" picks it (FSL FAST's recipe:

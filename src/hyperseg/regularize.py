@@ -35,8 +35,8 @@ Validation Dice of each setting: ``benchmarks/results/segment_options_simple_val
 :func:`hmrf_em` is the other refinement (``Config.refine = "hmrf_em"``): from
 the clustering's labels (``Config.refine_init = "clusters"``) or from k-means
 on the intensities (``"intensity"``, :func:`intensity_kmeans`, FAST's start),
-hidden-MRF EM (Zhang, Brady & Smith 2001, as FSL FAST runs it on intensity) of one diagonal Gaussian per cluster on two blocks of
-features, the standardised tangent coordinates ``u_i = log_0(x_i)`` of the
+hidden-MRF EM (Zhang, Brady & Smith 2001, as FSL FAST runs it on intensity) of
+one diagonal Gaussian per cluster on two blocks of features, the standardised tangent coordinates ``u_i = log_0(x_i)`` of the
 embedding and the voxel's normalised intensities ``v_i``:
 
     ``L[i, k] = w_e * log N(u_i; mu_k, diag s_k) + w_v * log N(v_i; nu_k, diag t_k)``,
