@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .nn.precision import COMPUTE_DTYPES
+
 LATENTS = ("hyperbolic", "euclidean")
 DECODER_INPUTS = ("gyroplane", "linear")
 PATCH_SCALES = ("uniform", "log")
@@ -128,6 +130,11 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 8.0  # paper's code: --clip 8
+    # what the convolutions run in during training: "float32" (default), "bfloat16" (autocast; the ball maths,
+    # the likelihood and the optimiser stay float32 / float64) or "auto" (bfloat16 where the processor multiplies
+    # it natively, nn/precision.py). About 2x the triplets per second on AMX processors
+    # (benchmarks/results/train_speed.json); not the default: its Dice is not measured over seeds.
+    train_dtype: str = "float32"
     steps: int = 1500  # chosen on validation volumes: levels 2-3 get worse with longer training (BENCHMARKS.md)
     checkpoint_every: int = 200
     max_bad_steps: int = 20  # training stops after this many non-finite steps in a row (each is skipped)
@@ -137,6 +144,10 @@ class Config:
     embed_patch_edge: int = 5  # paper: 5x5x5 patches around every voxel
     embed_tile: int = 64  # output edge of each tile of the dense pass (bounds memory; 16 was ~6x slower)
     pad_mode: str = "replicate"  # how the volume is extended past its border
+    # what the encoder's convolutions run in during the dense pass: "float32", "bfloat16", or "auto" (bfloat16 where
+    # the processor multiplies it natively: Intel AMX / AVX512-BF16, CUDA; float32 elsewhere; nn/precision.py).
+    # The heads, exp_0 and everything after stay float32 / float64.
+    embed_dtype: str = "auto"
     levels: list[int] = field(default_factory=lambda: [2, 4, 6])  # clusters per level
     kmeans_n_init: int = 4
     kmeans_max_iter: int = 100
@@ -258,6 +269,10 @@ class Config:
         need(self.embed_patch_edge >= 1, "embed_patch_edge must be >= 1")
         need(self.embed_tile >= 1, "embed_tile must be >= 1")
         need(self.pad_mode in PAD_MODES, f"pad_mode must be one of {PAD_MODES}")
+        need(self.train_dtype in COMPUTE_DTYPES,
+             f"train_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.train_dtype!r}")
+        need(self.embed_dtype in COMPUTE_DTYPES,
+             f"embed_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {self.embed_dtype!r}")
         need(len(self.levels) >= 1 and all(1 <= k <= MAX_CLUSTERS for k in self.levels),
              f"levels must be a non-empty list of cluster counts from 1 to {MAX_CLUSTERS} (label maps are "
              f"uint8), got {self.levels}")

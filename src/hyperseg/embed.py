@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 
 from typing import TYPE_CHECKING
 
+from .nn.precision import inference_copy, resolve_dtype
+
 if TYPE_CHECKING:
     from .model import HyperVAE
 
@@ -86,6 +88,7 @@ def embed_volume(
     pad_mode: str | None = None,
     progress: bool = False,
     strided: bool = True,
+    dtype: str | None = None,
 ) -> torch.Tensor:
     """Embedding of every voxel by one tiled fully-convolutional pass.
 
@@ -95,7 +98,11 @@ def embed_volume(
     factor ``s`` is an integer (``p = 5``: ``s = 2``), the window starts of
     consecutive voxels are ``s`` apart and the encoder's last layer runs only
     at those starts (``strided``; ``False`` computes every position, the same
-    numbers up to rounding, for testing).
+    numbers up to rounding, for testing). ``dtype`` (default ``cfg.embed_dtype``):
+    what the encoder's convolutions run in, ``"float32"``, ``"bfloat16"`` or
+    ``"auto"`` (bfloat16 where the device multiplies it natively; see
+    :mod:`hyperseg.nn.precision`); the heads and ``exp_0`` stay in float32 / the
+    latent dtype.
     """
     cfg = model.cfg
     p = patch_edge or cfg.embed_patch_edge
@@ -108,11 +115,15 @@ def embed_volume(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    compute = resolve_dtype(dtype or cfg.embed_dtype, device)
+    encoder = inference_copy(model.encoder, compute)
     pad = padding_for(p)
     x = pad_volume(volume.to(device=device, dtype=torch.float32), pad, pad_mode)
     if s != 1:
         x = F.interpolate(x, scale_factor=s, mode="trilinear", align_corners=False,
                           recompute_scale_factor=False)
+    x = x.to(compute)
+    layout = torch.channels_last_3d if compute != torch.float32 else torch.contiguous_format
     shape = volume.shape[1:]
     starts = [window_starts(n, p, s, pad) for n in shape]
     out: torch.Tensor | None = None
@@ -121,13 +132,13 @@ def embed_volume(
         sel = [st[c:c + tile] for st, c in zip(starts, corner)]
         lo = [int(s_[0]) for s_ in sel]
         hi = [int(s_[-1]) + m for s_ in sel]
-        block = x[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        block = x[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].contiguous(memory_format=layout)
         step = _common_step(sel)
         if strided and step > 1:  # starts on a regular lattice: run the last layer only there
-            loc = model.encoder.dense_loc(block, stride=step)[0]
+            loc = encoder.dense_loc(block, stride=step)[0]
             loc = loc[:len(sel[0]), :len(sel[1]), :len(sel[2])]
         else:
-            loc = model.encoder.dense_loc(block)[0]  # (a, b, c, d) at every start in the block
+            loc = encoder.dense_loc(block)[0]  # (a, b, c, d) at every start in the block
             loc = loc[sel[0] - lo[0]][:, sel[1] - lo[1]][:, :, sel[2] - lo[2]]
         if out is None:
             out = torch.empty(*shape, loc.shape[-1], dtype=loc.dtype)

@@ -90,7 +90,7 @@ class HyperVAE(nn.Module):
         ``sigma = s_min + softplus(raw)``: the floor ``s_min = likelihood_min_scale`` keeps
         ``-log sigma`` bounded on flat patches, where the NLL would otherwise fall without limit.
         """
-        out = self.decoder(z)
+        out = self.decoder(z).float()  # under bfloat16 autocast (train_dtype) the likelihood stays float32
         if self.cfg.likelihood == "unit":
             return out, None
         mean, raw = out.chunk(2, dim=1)

@@ -65,6 +65,7 @@ from .data.augment import jitter_intensity
 from .data.preprocess import normalize_for
 from .data.sampler import TripletSampler
 from .model import HyperVAE
+from .nn.precision import resolve_dtype
 from .utils import atomic_write_text
 
 __all__ = ["train", "rank_seed", "prepare_volumes", "UNLIMITED_STEPS", "CHECKPOINT", "load_model",
@@ -351,7 +352,9 @@ def _train_step(run: _Run) -> _Outcome:
     triplet = jitter_intensity(run.sampler.sample(cfg.batch_size, run.gen), cfg.intensity_offset,
                                cfg.intensity_gain, run.gen)
     parent, pos, neg = (t.to(run.device) for t in triplet)
-    loss, stats = run.objective(parent, pos, neg)
+    compute = resolve_dtype(cfg.train_dtype, run.device)
+    with torch.autocast(run.device.type, dtype=compute, enabled=compute != torch.float32):
+        loss, stats = run.objective(parent, pos, neg)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip or math.inf)

@@ -66,13 +66,14 @@ class Encoder(nn.Module):
         windows overlap), but the last convolution, about a quarter of the
         work, and the heads run only where they are needed.
         """
+        head = self.loc_head.weight.dtype  # the body may run in bfloat16 (nn/precision.py), the heads do not
         if stride == 1:
-            raw = self.loc_head(self.body(x))
+            h = self.body(x)
         else:
             h = self.body[:-2](x)
             last: nn.Conv3d = self.body[-2]  # type: ignore[assignment]
             h = F.relu(F.conv3d(h, last.weight, last.bias, stride=stride))
-            raw = self.loc_head(h)
+        raw = self.loc_head(h.to(head))
         return self.to_latent(raw.movedim(1, -1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
