@@ -61,7 +61,7 @@ STAGES: dict[str, dict] = {
 }
 #: segmentation-stage fields a stage may set; the rest come from the run
 STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering", "smooth_sigma", "level_smooth_sigma",
-                "intensity_weight", "potts_beta", "potts_method", "potts_iter", "refine", "refine_init", "embedding_weight",
+                "intensity_weight", "potts_beta", "potts_method", "potts_iter", "refine", "refine_init", "embedding_weight", "bias_fwhm",
                 "refine_iter")
 
 

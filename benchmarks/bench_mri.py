@@ -30,11 +30,12 @@ Rows: every peer of :mod:`hyperseg.comparison.peers`, and the hyperseg rows of
 ``hyperseg train -i VOL -o RUN --minutes 10`` runs), kept in ``--runs DIR`` and
 reused by every hyperseg row of the setting, then the
 encoder's means of every voxel (:func:`hyperseg.embed.embed_volume`, once per
-setting) are segmented at levels 2 and 3 by
+setting, cached per dense-pass dtype in the run folder) are segmented at levels 2, 3 and 4 by
 :func:`hyperseg.segment.segment_embedding` with the row's segmentation stage
 (what :func:`hyperseg.pipeline.segment_volume` runs on an isotropic volume): the default
 (``foreground: auto``), its intensity-only version (the masked stage with the
-embedding weight at 0: same mask, same prior, same EM), the previous default
+embedding weight at 0: same mask, same prior, same EM, same bias field), the
+default without the EM's bias field (``bias_fwhm: 0``), the previous default
 (the 2-cluster split as foreground) with and without its intensity term, the
 paper's stage and the ``mri`` preset. The row "hyperseg default, Euclidean
 model" trains its own model per setting (``latent: euclidean``, ``decoder_input:
@@ -77,6 +78,7 @@ HYPERSEG_ROWS: dict[str, dict] = {
     HYPERSEG: {},
     "hyperseg default, intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
     "hyperseg default, Euclidean model": {"latent": "euclidean", "decoder_input": "linear"},
+    "hyperseg default, no bias field": {"masked_stage": {**Config().masked_stage, "bias_fwhm": 0.0}},
     "hyperseg split foreground (previous default)": {"foreground": "split"},
     "hyperseg split foreground, embedding only": {"foreground": "split", "intensity_weight": 0.0},
     "hyperseg paper segmentation stage": {"hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0,
@@ -261,7 +263,10 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, se
             model.eval()
             extra["config"] = HYPERSEG_ROWS[row]
             # the encoder's output does not depend on the segmentation stage: embedded once per setting
-            cache, timing = Path(run) / "embedding.npy", Path(run) / "embedding_seconds.json"
+            from hyperseg.nn.precision import resolve_dtype
+
+            dtype = str(resolve_dtype(model.cfg.embed_dtype)).removeprefix("torch.")  # one cache per dense-pass dtype
+            cache, timing = Path(run) / f"embedding_{dtype}.npy", Path(run) / f"embedding_{dtype}_seconds.json"
             xn = normalize_for(model.cfg, x[None], None)
             if cache.exists():
                 emb, embed_seconds = np.load(cache), json.loads(timing.read_text())["seconds"]
@@ -271,9 +276,10 @@ def _child(row: str, volume_file: str, spacing: tuple, minutes: float | None, se
                 embed_seconds = time.perf_counter() - t1
                 np.save(cache, emb)
                 timing.write_text(json.dumps({"seconds": embed_seconds}))
+            extra["embed_dtype"] = dtype
             cfg = stage_config(model.cfg, spec)
             t0 = time.perf_counter() - embed_seconds  # seconds = the embedding pass + this row's stage
-            seg = segment_embedding(cfg, emb, xn, list(LEVELS), seed=seed, array=x[None])
+            seg = segment_embedding(cfg, emb, xn, list(LEVELS), seed=seed, array=x[None], voxel_size=float(spacing[0]))
             extra["embed_seconds"] = embed_seconds
             if seg.agreement is not None:  # foreground auto: the Dice of the intensity mask and the split
                 extra.update(agreement=seg.agreement, foreground=seg.foreground)

@@ -109,7 +109,8 @@ def colin(runs: list[Path], data: Path) -> list[dict]:
                "time_ratio_float32_over_bfloat16": secs["float32"] / secs["bfloat16"], "ball_distance": d}
         labels = {}
         for n in DTYPES:
-            labels[n] = segment_embedding(cfg, embs[n], xn, [2, 3, 4], seed=0, array=img[None]).labels
+            labels[n] = segment_embedding(cfg, embs[n], xn, [2, 3, 4], seed=0, array=img[None],
+                                          voxel_size=float(grid)).labels
             row[f"dice_{n}"] = {k: round(v, 4) for k, v in score(labels[n], t).items()}
         row["labels_changed_fraction"] = round(float(np.mean([np.mean(labels["float32"][k] != labels["bfloat16"][k])
                                                               for k in (2, 3, 4)])), 5)

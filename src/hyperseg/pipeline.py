@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.io import OUTPUT_SUFFIXES, Case, Volume, VolumeError, read_case, volume_suffix, write_label_map
+from .data.io import METRES_PER_UNIT, OUTPUT_SUFFIXES, Case, Volume, VolumeError, read_case, volume_suffix, write_label_map
 from .data.preprocess import normalize_for
 from .data.resample import isotropic_shape, resample_image, resample_nearest
 from .embed import embed_volume
@@ -81,6 +81,14 @@ def _model_grid(model: HyperVAE, volume: Volume, mask: np.ndarray | None
     return x, m, iso
 
 
+def voxel_edge_mm(volume: Volume) -> float:
+    """The isotropic grid's voxel edge (``min(spacing)``, :func:`isotropic_shape`) in mm; a spacing of unknown
+    unit is read as mm (a NIfTI without units, NumPy arrays)."""
+    edge = min(float(v) for v in volume.spacing)
+    unit = volume.unit
+    return edge * METRES_PER_UNIT[unit] / METRES_PER_UNIT["mm"] if unit in METRES_PER_UNIT else edge
+
+
 def segment_volume(
     model: HyperVAE,
     volume: Volume,
@@ -104,7 +112,8 @@ def segment_volume(
         name = str(volume.path) if volume.path is not None else volume.case
         raise VolumeError(f"{name}: has only {n_voxels} voxel(s), fewer than the {max(ks)} clusters asked for; "
                           "ask for fewer clusters (levels)")
-    seg = segment_array(model, x, ks, seed=seed, progress=progress, mask=m)
+    voxel_size = voxel_edge_mm(volume)
+    seg = segment_array(model, x, ks, seed=seed, progress=progress, mask=m, voxel_size=voxel_size)
     labels = {k: resample_nearest(v, shape) for k, v in seg.labels.items()}
     return Segmentation(labels=labels, embedding=resample_nearest(seg.embedding, shape), foreground=seg.foreground,
                         agreement=seg.agreement)

@@ -45,6 +45,13 @@ E step the Potts mean field on ``L``, M step the responsibility-weighted means
 and variances. Unlike the one-pass refinement the intensity model is
 re-fitted, so a clustering of the embedding that does not follow a tissue
 boundary can move to it; ``w_e`` says how far the embedding holds it back.
+With ``bias_sigma > 0`` the EM also estimates a smooth bias field ``b`` on the
+intensities, as FAST does (Wells et al. 1996; Zhang, Brady & Smith 2001): the
+intensity term reads ``v_i - b_i`` and each M step re-estimates ``b`` from the
+posterior-weighted residuals (:func:`bias_field_step`). The field is additive
+in the normalised intensities: a multiplicative scanner field ``x (1 + e)``
+read to first order in ``e`` (the tissue classes of a brain lie within a factor
+of about 2 of each other).
 
 :func:`foreground_of` reads the foreground of a two-cluster level for
 ``Config.hierarchy = "foreground"``: background is the cluster holding most of
@@ -61,7 +68,7 @@ from .config import POTTS_METHODS
 from .geometry.poincare import pairwise_dist
 from .potts import icm, mean_field
 
-__all__ = ["POTTS_METHODS", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
+__all__ = ["POTTS_METHODS", "bias_field_step", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
            "intensity_kmeans", "intensity_loglik", "potts_labels", "tangent_features"]
 
 #: Smallest fitted spread (``s^2`` or ``b``), in squared / plain distance units: a level whose
@@ -274,10 +281,56 @@ def intensity_kmeans(values: np.ndarray, n_clusters: int, seed: int = 0) -> np.n
     return np.asarray(make_clusterer("kmeans", "euclidean", n_clusters, seed=seed).fit(v).labels_, dtype=np.int64)
 
 
+def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int, int], sigma: float,
+                    mask: np.ndarray | None = None, field: np.ndarray | None = None) -> np.ndarray:
+    """One M step of the bias field ``(M, C)`` from the voxels' intensities ``(M, C)`` and responsibilities ``(K, M)``.
+
+    For each channel, with the class means ``mu_k`` and variances ``s_k^2`` of the corrected intensities
+    ``y_i = v_i - b_i`` (responsibility-weighted, ``b = field``, zero when ``None``):
+
+        ``w_i = sum_k q_ik / s_k^2``,  ``r_i = (1 / w_i) sum_k q_ik (v_i - mu_k) / s_k^2``,
+        ``b = G_sigma * (w r) / G_sigma * w``,
+
+    the inverse-variance-weighted mean residual of every voxel, low-passed by a Gaussian of ``sigma`` voxels
+    over the voxels of ``mask`` (``(D * H * W,)`` bool; ``None``: the whole grid) and normalised by the
+    smoothed weights, so the field outside tissue is interpolated from tissue nearby (Wells et al. 1996). The
+    field is then centred (weighted mean 0): the class means, not the field, hold the overall level.
+    Guards: variances at least :data:`MIN_INTENSITY_VARIANCE`; a smoothed weight below ``1e-12`` (no voxel
+    within reach) gives a field of 0 there.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    v = np.asarray(values, dtype=np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    q = np.asarray(resp, dtype=np.float64)
+    M = len(v)
+    n = int(np.prod(shape))
+    idx = np.arange(n) if mask is None else np.flatnonzero(mask)
+    if len(idx) != M:
+        raise ValueError(f"regularize: {M} voxels for a mask of {len(idx)}")
+    b = np.zeros_like(v) if field is None else np.asarray(field, dtype=np.float64)
+    tot = q.sum(1, keepdims=True)
+    wq = q / np.maximum(tot, 1e-12)
+    out = np.zeros_like(v)
+    for j in range(v.shape[1]):
+        y = v[:, j] - b[:, j]
+        mu = wq @ y
+        var = np.maximum(wq @ (y ** 2) - mu ** 2, MIN_INTENSITY_VARIANCE)
+        w = (q / var[:, None]).sum(0)  # (M,)
+        wr = (q * (v[:, j][None] - mu[:, None]) / var[:, None]).sum(0)  # w_i r_i
+        num, den = np.zeros(n), np.zeros(n)
+        num[idx], den[idx] = wr, w
+        num = gaussian_filter(num.reshape(shape), sigma, mode="nearest").reshape(-1)[idx]
+        den = gaussian_filter(den.reshape(shape), sigma, mode="nearest").reshape(-1)[idx]
+        f = np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
+        out[:, j] = f - np.average(f, weights=w)
+    return out
+
+
 def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,
             shape: tuple[int, int, int], beta: float, embedding_weight: float = 1.0,
             intensity_weight: float = 1.0, n_iter: int = 8, mf_iter: int = 2, latent: str = "hyperbolic",
-            c: float = 1.0, mask: np.ndarray | None = None) -> np.ndarray:
+            c: float = 1.0, mask: np.ndarray | None = None, bias_sigma: float = 0.0) -> np.ndarray:
     """Hidden-MRF EM on embedding and intensities from ``labels`` (module docstring); labels ``(M,)`` int64.
 
     ``points`` ``(M, dim)``, ``values`` ``(M, C)`` the normalised intensities (or ``None`` with
@@ -285,6 +338,8 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
     ``shape``, all of them or those of ``mask`` (``(D * H * W,)`` bool). ``n_iter`` EM iterations, each with
     ``mf_iter`` mean-field sweeps of the Potts prior ``beta`` from the posteriors without it; the labels are
     the last posteriors' ``argmax``. Cluster numbers keep the start's meaning (a cluster is never renumbered).
+    ``bias_sigma > 0`` (voxels): a bias field on the intensities is estimated in each M step
+    (:func:`bias_field_step`) and subtracted in the next E step.
     """
     lab = np.asarray(labels, dtype=np.int64)
     M, K = len(lab), int(n_clusters)
@@ -292,25 +347,31 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
     mk = _grid_mask(mask, shape, M)
     if mk is None and M != n:
         raise ValueError(f"regularize: {M} labels for grid {shape} ({n} voxels); give a mask or one per voxel")
-    if beta < 0 or embedding_weight < 0 or intensity_weight < 0:
-        raise ValueError("regularize: beta and the weights must be >= 0")
-    blocks = []
-    if embedding_weight > 0:
-        blocks.append((embedding_weight, tangent_features(points, latent, c)))
+    if beta < 0 or embedding_weight < 0 or intensity_weight < 0 or bias_sigma < 0:
+        raise ValueError("regularize: beta, the weights and bias_sigma must be >= 0")
+    emb = tangent_features(points, latent, c) if embedding_weight > 0 else None
+    v = None
     if intensity_weight > 0:
         if values is None:
             raise ValueError("regularize: intensity_weight > 0 needs the intensities; pass values=")
         v = np.asarray(values, dtype=np.float64)
-        blocks.append((intensity_weight, (v[:, None] if v.ndim == 1 else v)))
-    if not blocks:
+        v = v[:, None] if v.ndim == 1 else v
+    if emb is None and v is None:
         raise ValueError("regularize: hmrf_em needs embedding_weight or intensity_weight above 0")
     m3 = None if mk is None else mk.reshape(shape)
     q = np.eye(K)[lab].T  # (K, M) responsibilities of the start
+    field = None  # the bias field (M, C) of bias_sigma, none before the first M step
     for _ in range(n_iter):
-        L = sum(w * diagonal_gaussian_loglik(F, q) for w, F in blocks)  # (M, K)
+        L = np.zeros((M, K))
+        if emb is not None:
+            L += embedding_weight * diagonal_gaussian_loglik(emb, q)
+        if v is not None:
+            L += intensity_weight * diagonal_gaussian_loglik(v if field is None else v - field, q)
         grid = _on_grid(L, mk, n).reshape((K,) + tuple(shape))
         # each E step starts from the posteriors without the prior: started from the previous (one-hot at
         # first) posteriors, the prior holds the start's partition and the EM cannot leave it
         qg = mean_field(grid, beta, mask=m3, n_iter=mf_iter).reshape(K, -1)
         q = qg if mk is None else qg[:, mk]
+        if v is not None and bias_sigma > 0:
+            field = bias_field_step(v, q, shape, bias_sigma, mask=mk, field=field)
     return q.argmax(0).astype(np.int64)

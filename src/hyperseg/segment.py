@@ -67,6 +67,9 @@ from .model import HyperVAE
 from .regularize import class_loglik, foreground_of, hmrf_em, intensity_kmeans, intensity_loglik, potts_labels
 from .smooth import smooth_embedding
 
+#: A Gaussian's full width at half maximum over its standard deviation, ``2 sqrt(2 ln 2)``.
+FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
+
 
 @dataclass
 class Segmentation:
@@ -133,8 +136,15 @@ def cluster_points(points: np.ndarray, n_clusters: int, cfg: Config, seed: int =
     return fit_level(points, n_clusters, cfg, seed=seed).labels
 
 
+def bias_sigma_voxels(cfg: Config, voxel_size: float) -> float:
+    """``cfg.bias_fwhm`` (mm) as a Gaussian standard deviation in voxels of edge ``voxel_size`` mm:
+    ``sigma = FWHM / (2 sqrt(2 ln 2)) / voxel_size``."""
+    return cfg.bias_fwhm / FWHM_PER_SIGMA / voxel_size
+
+
 def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tuple[int, int, int],
-                     intensities: np.ndarray | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+                     intensities: np.ndarray | None = None, mask: np.ndarray | None = None,
+                     voxel_size: float = 1.0) -> np.ndarray:
     """A level's labels ``(M,)`` after the intensity term and the Potts prior of ``cfg`` (:mod:`hyperseg.regularize`).
 
     ``points`` ``(M, d)`` and ``intensities`` ``(M, C)`` (the normalised channels) are the voxels of the grid
@@ -144,15 +154,17 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
     :func:`~hyperseg.regularize.potts_labels` with ``cfg.potts_beta``, or ``argmax_k L`` when ``potts_beta``
     is 0; both off: ``fit.labels`` unchanged. ``cfg.refine == "hmrf_em"``:
     :func:`~hyperseg.regularize.hmrf_em` from ``fit.labels`` (``cfg.refine_init == "clusters"``) or from
-    :func:`~hyperseg.regularize.intensity_kmeans` of the intensities (``"intensity"``).
+    :func:`~hyperseg.regularize.intensity_kmeans` of the intensities (``"intensity"``), with the bias field of
+    ``cfg.bias_fwhm`` mm on a grid of ``voxel_size`` mm voxels.
     """
     K = len(fit.centres)
     if cfg.refine == "hmrf_em":
         if cfg.refine_init == "intensity":
-            return _hmrf_from_intensity(points, intensities, K, cfg, shape, mask)
+            return _hmrf_from_intensity(points, intensities, K, cfg, shape, mask, voxel_size)
         return hmrf_em(points, intensities, fit.labels, K, shape, cfg.potts_beta,
                        embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
-                       n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask)
+                       n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
+                       bias_sigma=bias_sigma_voxels(cfg, voxel_size))
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
         return fit.labels
     L = class_loglik(points, fit.labels, fit.centres, fit.method, latent=cfg.latent, c=cfg.c,
@@ -168,33 +180,36 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
 
 
 def _hmrf_from_intensity(points: np.ndarray, intensities: np.ndarray | None, n_clusters: int, cfg: Config,
-                         shape: tuple[int, int, int], mask: np.ndarray | None) -> np.ndarray:
+                         shape: tuple[int, int, int], mask: np.ndarray | None, voxel_size: float = 1.0) -> np.ndarray:
     """Hidden-MRF EM started from :func:`~hyperseg.regularize.intensity_kmeans` (``refine_init: intensity``)."""
     if intensities is None:
         raise ValueError("segment: refine_init 'intensity' needs the voxels' intensities; pass intensities=")
     return hmrf_em(points, intensities, intensity_kmeans(intensities, n_clusters), n_clusters, shape, cfg.potts_beta,
                    embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
-                   n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask)
+                   n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
+                   bias_sigma=bias_sigma_voxels(cfg, voxel_size))
 
 
 def level_labels(points: np.ndarray, n_clusters: int, cfg: Config, shape: tuple[int, int, int],
-                 intensities: np.ndarray | None, mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+                 intensities: np.ndarray | None, mask: np.ndarray | None = None, seed: int = 0,
+                 voxel_size: float = 1.0) -> np.ndarray:
     """One level's labels ``(M,)``: :func:`fit_level` then :func:`regularise_level`; hidden-MRF EM started from the
     intensities (``refine: hmrf_em``, ``refine_init: intensity``) does not use the embedding's clustering, so
     none is fitted. Arguments as :func:`regularise_level`."""
     if cfg.refine == "hmrf_em" and cfg.refine_init == "intensity":
         if n_clusters > len(points):
             raise ValueError(f"cannot form {n_clusters} clusters from {len(points)} voxels")
-        return _hmrf_from_intensity(points, intensities, n_clusters, cfg, shape, mask)
-    return regularise_level(points, fit_level(points, n_clusters, cfg, seed=seed), cfg, shape, intensities, mask=mask)
+        return _hmrf_from_intensity(points, intensities, n_clusters, cfg, shape, mask, voxel_size)
+    return regularise_level(points, fit_level(points, n_clusters, cfg, seed=seed), cfg, shape, intensities, mask=mask,
+                            voxel_size=voxel_size)
 
 
 def split_foreground(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config, shape: tuple[int, int, int],
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, voxel_size: float = 1.0) -> np.ndarray:
     """Foreground ``(N,)`` bool of the refined 2-cluster level (:func:`~hyperseg.regularize.foreground_of`), clustered
     on ``fields[2]`` if given, else on the smallest level's field (``fields``, ``values`` as :func:`refined_levels`)."""
     base = fields[2] if 2 in fields else fields[min(fields)]
-    return foreground_of(level_labels(base, 2, cfg, shape, values, seed=seed), shape)
+    return foreground_of(level_labels(base, 2, cfg, shape, values, seed=seed, voxel_size=voxel_size), shape)
 
 
 def mask_agreement(mask: np.ndarray, split: np.ndarray) -> float:
@@ -206,7 +221,7 @@ def mask_agreement(mask: np.ndarray, split: np.ndarray) -> float:
 
 def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config,
                    shape: tuple[int, int, int], seed: int = 0,
-                   foreground: np.ndarray | None = None) -> dict[int, np.ndarray]:
+                   foreground: np.ndarray | None = None, voxel_size: float = 1.0) -> dict[int, np.ndarray]:
     """Labels ``{K: (N,) int64}``: each level clustered on its own field and refined (:func:`regularise_level`).
 
     ``fields`` ``{K: (N, d)}``: the points each level is clustered on (its smoothing); ``values`` ``(N, C)`` the
@@ -217,14 +232,15 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
     labelled 0, the foreground 1; a level ``K > 2`` is
     ``K - 1`` clusters of the foreground voxels, labelled ``1..K-1`` (0 outside), refined with the prior
     inside the foreground only; ``K = 1`` is all 0. ``foreground`` ``(N,)`` bool, when given, is the
-    foreground instead of the 2-cluster level's (``Config.foreground = "threshold"``).
+    foreground instead of the 2-cluster level's (``Config.foreground = "threshold"``). ``voxel_size``: the grid's
+    voxel edge in mm (the bias field's width, ``Config.bias_fwhm``).
     """
     ks = list(fields)
     N = int(np.prod(shape))
     if cfg.hierarchy != "foreground":
-        return {k: level_labels(fields[k], k, cfg, shape, values, seed=seed) for k in ks}
+        return {k: level_labels(fields[k], k, cfg, shape, values, seed=seed, voxel_size=voxel_size) for k in ks}
     if foreground is None:
-        fg = split_foreground(fields, values, cfg, shape, seed=seed)
+        fg = split_foreground(fields, values, cfg, shape, seed=seed, voxel_size=voxel_size)
     else:
         fg = np.asarray(foreground, dtype=bool).reshape(-1)
     out: dict[int, np.ndarray] = {}
@@ -237,7 +253,7 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
                 raise ValueError(f"segment: the foreground holds {int(fg.sum())} voxel(s), fewer than the {k - 1} "
                                  "clusters asked for inside it; ask for fewer clusters or use hierarchy 'independent'")
             pts = fields[k][fg]
-            lab[fg] = level_labels(pts, k - 1, cfg, shape, values[fg], mask=fg, seed=seed) + 1
+            lab[fg] = level_labels(pts, k - 1, cfg, shape, values[fg], mask=fg, seed=seed, voxel_size=voxel_size) + 1
         out[k] = lab
     return out
 
@@ -267,13 +283,15 @@ def segment_embedding(
     levels: list[int] | tuple[int, ...],
     seed: int = 0,
     array: np.ndarray | None = None,
+    voxel_size: float = 1.0,
 ) -> Segmentation:
     """Label maps of one volume from its encoder means: the segmentation stage of ``cfg`` after the encoder.
 
     ``emb`` ``(D, H, W, d)``: the encoder means of every voxel; ``x`` ``(C, D, H, W)``: the normalised
     intensities the encoder saw; ``array`` ``(C, D, H, W)``: the raw intensities, read only by
-    ``Config.foreground = "threshold"`` (default: ``x``). One embedding can so be segmented with several
-    configurations (``benchmarks/bench_default.py``).
+    ``Config.foreground = "threshold"`` (default: ``x``); ``voxel_size``: the isotropic grid's voxel edge in mm
+    (read by ``Config.bias_fwhm``). One embedding can so be segmented with several configurations
+    (``benchmarks/bench_default.py``).
     """
     points = smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)  # (D, H, W, d) float64
     flat = points.reshape(-1, points.shape[-1])
@@ -301,11 +319,11 @@ def segment_embedding(
                 if cfg.foreground == "threshold":
                     fg, source = mask, "mask"
                 else:  # the mask where it agrees with the split, with the masked stage; else the split
-                    fg = split_foreground(fields, values, cfg, shape, seed=seed)
+                    fg = split_foreground(fields, values, cfg, shape, seed=seed, voxel_size=voxel_size)
                     agreement = mask_agreement(mask, fg)
                     if agreement >= cfg.foreground_agreement:
                         fg, source, cfg = mask, "mask", cfg.masked_config()
-        maps = refined_levels(fields, values, cfg, shape, seed=seed, foreground=fg)
+        maps = refined_levels(fields, values, cfg, shape, seed=seed, foreground=fg, voxel_size=voxel_size)
         maps = {k: maps[k] for k in ks}
     labels = {k: lab.reshape(points.shape[:-1]).astype(np.uint8) for k, lab in maps.items()}
     return Segmentation(labels=labels, embedding=points.astype(np.float32), foreground=source, agreement=agreement)
@@ -318,9 +336,11 @@ def segment_array(
     seed: int = 0,
     progress: bool = False,
     mask: np.ndarray | None = None,
+    voxel_size: float = 1.0,
 ) -> Segmentation:
     """Segment one volume ``(C, D, H, W)`` (raw intensities) at each number of clusters: normalise, embed
-    every voxel (:func:`hyperseg.embed.embed_volume`), then :func:`segment_embedding`."""
+    every voxel (:func:`hyperseg.embed.embed_volume`), then :func:`segment_embedding` (``voxel_size``: the
+    isotropic voxel edge in mm)."""
     x = normalize_for(model.cfg, array, mask)  # mask: optional boolean (D, H, W) foreground
     emb = embed_volume(model, torch.from_numpy(x), progress=progress)
-    return segment_embedding(model.cfg, emb, x, levels, seed=seed, array=array)
+    return segment_embedding(model.cfg, emb, x, levels, seed=seed, array=array, voxel_size=voxel_size)

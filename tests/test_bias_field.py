@@ -1,0 +1,87 @@
+"""The bias field of hidden-MRF EM (FAST's): estimated from residuals, it takes a smooth shading off the classes."""
+import numpy as np
+import pytest
+
+from hyperseg.config import Config
+from hyperseg.data.io import Volume
+from hyperseg.pipeline import voxel_edge_mm
+from hyperseg.regularize import bias_field_step, hmrf_em
+from hyperseg.segment import FWHM_PER_SIGMA, bias_sigma_voxels
+
+SHAPE = (20, 22, 24)
+
+
+def _scene(seed: int = 0):
+    """Two tissue classes in blobs (class means 0 and 1), a linear shading of 1.4 peak to peak, noise sd 0.12."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    truth = (gaussian_filter(rng.standard_normal(SHAPE), 2.0) > 0).astype(np.int64)
+    ramp = np.broadcast_to(np.linspace(-0.7, 0.7, SHAPE[2]), SHAPE)
+    values = truth + ramp + 0.12 * rng.standard_normal(SHAPE)
+    return truth.reshape(-1), values.reshape(-1, 1), ramp.reshape(-1)
+
+
+def _accuracy(labels, truth):
+    agree = float(np.mean(labels == truth))
+    return max(agree, 1.0 - agree)  # cluster numbers are arbitrary
+
+
+def test_one_step_from_the_true_classes_recovers_the_shading():
+    truth, values, ramp = _scene()
+    q = np.eye(2)[truth].T
+    field = bias_field_step(values, q, SHAPE, sigma=3.0)[:, 0]
+    # the shading is linear, so the normalised Gaussian smoothing keeps it wherever the kernel fits (a linear
+    # function is its own local weighted mean); the estimate is centred, so compare the centred ramp
+    inner = np.zeros(SHAPE, bool)
+    inner[:, :, 8:-8] = True
+    err = (field - (ramp - ramp.mean()))[inner.reshape(-1)]
+    assert np.abs(err).max() < 0.08 and np.abs(field - ramp + ramp.mean()).mean() < 0.05
+    # a later step, corrected by the previous field: a constant in that field would pass straight into the
+    # residuals; the centring leaves the overall level to the class means
+    again = bias_field_step(values, q, SHAPE, sigma=3.0, field=field[:, None] + 0.3)[:, 0]
+    assert abs(again.mean()) < 0.01 and np.abs(again - field).mean() < 0.02
+
+
+def test_the_em_with_the_field_separates_shaded_classes_the_em_without_it_mixes():
+    truth, values, _ = _scene(1)
+    start = (values[:, 0] > np.median(values)).astype(np.int64)  # a threshold: the shading decides it at the ends
+    plain = hmrf_em(None, values, start, 2, SHAPE, beta=0.5, embedding_weight=0.0, n_iter=8)
+    fixed = hmrf_em(None, values, start, 2, SHAPE, beta=0.5, embedding_weight=0.0, n_iter=8, bias_sigma=4.0)
+    assert _accuracy(plain, truth) < 0.9
+    assert _accuracy(fixed, truth) > 0.97
+
+
+def test_the_field_stays_inside_the_mask_and_a_flat_volume_gets_none():
+    truth, values, _ = _scene(2)
+    mask = np.zeros(SHAPE, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    m = mask.reshape(-1)
+    flat = truth[m] + 0.0  # no shading, no noise: the residuals are 0
+    field = bias_field_step(flat[:, None], np.eye(2)[truth[m]].T, SHAPE, sigma=3.0, mask=m)
+    assert field.shape == (int(m.sum()), 1) and np.abs(field).max() < 1e-9
+    with pytest.raises(ValueError, match="voxels for a mask"):
+        bias_field_step(flat[:, None], np.eye(2)[truth[m]].T, SHAPE, sigma=3.0)
+
+
+def test_fwhm_in_mm_becomes_sigma_in_voxels():
+    cfg = Config(refine="hmrf_em", bias_fwhm=20.0)
+    assert FWHM_PER_SIGMA == pytest.approx(2.354820045)
+    assert bias_sigma_voxels(cfg, 1.0) == pytest.approx(8.4932, abs=1e-4)
+    assert bias_sigma_voxels(cfg, 2.0) == pytest.approx(4.2466, abs=1e-4)
+    assert bias_sigma_voxels(Config(), 1.0) == 0.0
+
+
+def test_the_voxel_edge_is_read_in_mm():
+    vol = np.zeros((1, 4, 4, 4), np.float32)
+    assert voxel_edge_mm(Volume(array=vol, spacing=(2.0, 1.5, 3.0))) == 1.5  # no unit: read as mm
+    assert voxel_edge_mm(Volume(array=vol, spacing=(2.0, 2.0, 2.0), unit="mm")) == 2.0
+    assert voxel_edge_mm(Volume(array=vol, spacing=(500.0, 500.0, 500.0), unit="µm")) == pytest.approx(0.5)
+
+
+def test_a_bias_field_needs_the_em():
+    with pytest.raises(ValueError, match="bias_fwhm 20.0 is estimated by refine 'hmrf_em' only"):
+        Config(bias_fwhm=20.0)
+    with pytest.raises(ValueError, match="bias_fwhm must be >= 0"):
+        Config(refine="hmrf_em", bias_fwhm=-1.0)
+    assert Config().masked_config().bias_fwhm == 20.0  # the default's masked stage estimates one, as FAST does
