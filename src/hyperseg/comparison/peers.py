@@ -12,6 +12,9 @@ Atropos and FAST are run on a brain: ``n_classes = 2`` is the mask itself.
 * :func:`atropos`: ANTs Atropos through ``antspyx`` (``pip install
   'hyperseg[peers]'``): ``KMeans[K]`` initialisation, Potts MRF
   ``[0.2,1x1x1]``, inside ``ants.get_mask``;
+* :func:`atropos_n4`: the same after N4 bias-field correction
+  (``ants.n4_bias_field_correction`` inside the mask), the order of ANTs'
+  ``antsAtroposN4.sh`` (one round);
 * :func:`fast_like`: FSL FAST's recipe in numpy: a Gaussian mixture on
   intensity inside :func:`auto_mask`, fitted by hidden-MRF EM with a Potts prior
   (:func:`hyperseg.potts.hmrf_em`), ICM for the labels;
@@ -33,7 +36,7 @@ from .. import potts
 from ..data.masks import auto_mask
 from . import baselines
 
-__all__ = ["PEERS", "auto_mask", "atropos", "fast_like", "gmm_in_mask", "local_stats_potts",
+__all__ = ["PEERS", "auto_mask", "atropos", "atropos_n4", "fast_like", "gmm_in_mask", "local_stats_potts",
            "kmeans_intensity", "gmm_intensity", "kmeans_local_stats", "POTTS_BETA"]
 
 #: Potts coupling of the FAST-like and local-statistics rows, in units of the
@@ -82,6 +85,18 @@ def atropos(image: np.ndarray, n_classes: int, spacing: Sequence[float] = (1.0, 
         return (mask.numpy() > 0).astype(np.int64)
     seg = ants.atropos(a=img, x=mask, i=f"KMeans[{n_classes - 1}]", m=mrf, c=convergence)
     return np.rint(seg["segmentation"].numpy()).astype(np.int64)
+
+
+def atropos_n4(image: np.ndarray, n_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), seed: int = 0,
+               mrf: str = "[0.2,1x1x1]", convergence: str = "[5,0]") -> np.ndarray:
+    """N4 then Atropos: ``ants.n4_bias_field_correction(img, mask=get_mask(img))`` (ANTs' defaults), then
+    :func:`atropos` on the corrected image (its own ``get_mask``). ``seed`` is unused."""
+    ants = _ants()
+    _check_classes(n_classes, masked=True)
+    x = _image(image).astype(np.float32)
+    img = ants.from_numpy(x, spacing=tuple(float(s) for s in spacing))
+    corrected = ants.n4_bias_field_correction(img, mask=ants.get_mask(img))
+    return atropos(corrected.numpy(), n_classes, spacing, seed=seed, mrf=mrf, convergence=convergence)
 
 
 def fast_like(image: np.ndarray, n_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), seed: int = 0,
@@ -154,6 +169,7 @@ def kmeans_local_stats(image: np.ndarray, n_classes: int, spacing: Sequence[floa
 #: table name -> peer
 PEERS: dict[str, Peer] = {
     "ANTs Atropos": atropos,
+    "ANTs N4 + Atropos": atropos_n4,
     "FAST-like (mixture + Potts in mask)": fast_like,
     "Gaussian mixture in mask": gmm_in_mask,
     "k-means on local mean + std + Potts": local_stats_potts,
