@@ -4,7 +4,8 @@
 
 Runs :func:`hyperseg.pipeline.segment_volume` (normalise, embed, smooth, cluster, refine) at levels
 2 / 4 / 6 with the run's model and each stage of ``bench_default.STAGES`` named in ``--stages``
-(default: the previous default, the default and the ``mri`` preset), ``--repeats`` times each in
+(default: the default with its dense pass in float32, the default, whose ``embed_dtype: auto`` runs it in
+bfloat16 on processors with native bfloat16, and the previous default), ``--repeats`` times each in
 turn (interleaved, so that a change in the machine's load affects every stage alike); reports the
 best and median wall and CPU seconds, and each stage's median wall time as a ratio to the first
 stage's. Writes ``--out`` (default ``benchmarks/results/segment_time_50.json``).
@@ -24,16 +25,17 @@ from hyperseg.checkpoint import load_model
 from hyperseg.data.io import read_volume
 from hyperseg.pipeline import segment_volume
 
-DEFAULT_STAGES = ["+ Potts prior (beta 4, mean field) (previous default)",
-                  "+ intensity mask and FAST's recipe where it agrees with the split (foreground auto) = default",
-                  "mri preset"]
+DEFAULT = "+ intensity mask and FAST's recipe where it agrees with the split (foreground auto) = default"
+#: stages of this benchmark beside bench_default's: the default with its dense pass in float32 (``embed_dtype``)
+EXTRA = {"default, dense pass in float32": {"embed_dtype": "float32"}}
+DEFAULT_STAGES = ["default, dense pass in float32", DEFAULT, "+ Potts prior (beta 4, mean field) (previous default)"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--volume", type=Path, required=True)
-    ap.add_argument("--stages", nargs="+", default=DEFAULT_STAGES)
+    ap.add_argument("--stages", nargs="+", default=DEFAULT_STAGES, help=f"from {[*EXTRA, *STAGES]}")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=_record.RESULTS / "segment_time_50.json")
@@ -44,11 +46,12 @@ def main() -> None:
     base = model.cfg
     wall = {s: [] for s in args.stages}
     cpu = {s: [] for s in args.stages}
-    model.cfg = stage_config(base, STAGES[args.stages[0]])
+    stages = {**STAGES, **EXTRA}
+    model.cfg = stage_config(base, stages[args.stages[0]])
     segment_volume(model, vol, [2, 4, 6])  # warm-up: imports, allocator
     for _ in range(args.repeats):
         for s in args.stages:
-            model.cfg = stage_config(base, STAGES[s])
+            model.cfg = stage_config(base, stages[s])
             t, c = time.perf_counter(), time.process_time()
             segment_volume(model, vol, [2, 4, 6])
             wall[s].append(time.perf_counter() - t)
