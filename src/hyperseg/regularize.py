@@ -68,7 +68,7 @@ from .config import POTTS_METHODS
 from .geometry.poincare import pairwise_dist
 from .potts import icm, mean_field
 
-__all__ = ["POTTS_METHODS", "bias_field_step", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
+__all__ = ["POTTS_METHODS", "bias_field_step", "low_pass", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
            "intensity_kmeans", "intensity_loglik", "potts_labels", "tangent_features"]
 
 #: Smallest fitted spread (``s^2`` or ``b``), in squared / plain distance units: a level whose
@@ -281,6 +281,40 @@ def intensity_kmeans(values: np.ndarray, n_clusters: int, seed: int = 0) -> np.n
     return np.asarray(make_clusterer("kmeans", "euclidean", n_clusters, seed=seed).fit(v).labels_, dtype=np.int64)
 
 
+#: :func:`low_pass` works on a grid coarser by ``f = floor(sigma / LOW_PASS_VOXELS_PER_BLOCK)`` (at least 1).
+LOW_PASS_VOXELS_PER_BLOCK = 2.0
+
+
+def low_pass(grid: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian low-pass of ``grid`` ``(D, H, W)``, standard deviation ``sigma`` voxels, on a coarser grid.
+
+    ``f = floor(sigma / 2)``: the grid is averaged over ``f^3`` blocks (zeros past its end), smoothed with
+    ``sigma / f`` (scipy, ``mode="nearest"``) and brought back by trilinear interpolation. The block mean
+    is a box filter that adds ``f^2 / 12`` to the variance per axis, at most 1/48 of ``sigma^2``; the
+    interpolation's error is second order in ``f / sigma``. Near the faces the zeros past the end pull
+    the result down: :func:`bias_field_step` divides two low-passes of data that are both zero outside
+    its voxels (a normalised convolution), where that cancels; there it stays within 0.01 of the
+    full-resolution filter, ten times below the field estimate's own error (``tests/test_bias_field.py``).
+    ``f = 1`` is scipy's filter itself. Cost: ``f^3`` times fewer voxels to filter, each with a kernel
+    ``f`` times shorter.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    x = np.asarray(grid, dtype=np.float64)
+    f = max(1, int(sigma // LOW_PASS_VOXELS_PER_BLOCK))
+    if f == 1:
+        return gaussian_filter(x, sigma, mode="nearest")
+    shape = x.shape
+    pad = [(0, -n % f) for n in shape]
+    xp = np.pad(x, pad)
+    c = [m // f for m in xp.shape]
+    small = xp.reshape(c[0], f, c[1], f, c[2], f).sum((1, 3, 5)) / f ** 3
+    small = gaussian_filter(small, sigma / f, mode="nearest")
+    t = torch.from_numpy(small)[None, None]
+    big = torch.nn.functional.interpolate(t, size=tuple(xp.shape), mode="trilinear", align_corners=False)[0, 0]
+    return big.numpy()[: shape[0], : shape[1], : shape[2]]
+
+
 def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int, int], sigma: float,
                     mask: np.ndarray | None = None, field: np.ndarray | None = None) -> np.ndarray:
     """One M step of the bias field ``(M, C)`` from the voxels' intensities ``(M, C)`` and responsibilities ``(K, M)``.
@@ -292,14 +326,12 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
         ``b = G_sigma * (w r) / G_sigma * w``,
 
     the inverse-variance-weighted mean residual of every voxel, low-passed by a Gaussian of ``sigma`` voxels
-    over the voxels of ``mask`` (``(D * H * W,)`` bool; ``None``: the whole grid) and normalised by the
+    (:func:`low_pass`) over the voxels of ``mask`` (``(D * H * W,)`` bool; ``None``: the whole grid) and normalised by the
     smoothed weights, so the field outside tissue is interpolated from tissue nearby (Wells et al. 1996). The
     field is then centred (weighted mean 0): the class means, not the field, hold the overall level.
     Guards: variances at least :data:`MIN_INTENSITY_VARIANCE`; a smoothed weight below ``1e-12`` (no voxel
     within reach) gives a field of 0 there.
     """
-    from scipy.ndimage import gaussian_filter
-
     v = np.asarray(values, dtype=np.float64)
     v = v[:, None] if v.ndim == 1 else v
     q = np.asarray(resp, dtype=np.float64)
@@ -320,8 +352,7 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
         wr = (q * (v[:, j][None] - mu[:, None]) / var[:, None]).sum(0)  # w_i r_i
         num, den = np.zeros(n), np.zeros(n)
         num[idx], den[idx] = wr, w
-        num = gaussian_filter(num.reshape(shape), sigma, mode="nearest").reshape(-1)[idx]
-        den = gaussian_filter(den.reshape(shape), sigma, mode="nearest").reshape(-1)[idx]
+        num, den = (low_pass(a.reshape(shape), sigma).reshape(-1)[idx] for a in (num, den))
         f = np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
         out[:, j] = f - np.average(f, weights=w)
     return out
