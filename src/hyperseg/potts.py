@@ -38,7 +38,9 @@ MIN_VARIANCE = 1e-6
 
 
 def _classes_first(loglik: np.ndarray, class_axis: int) -> np.ndarray:
-    L = np.asarray(loglik, dtype=np.float64)
+    """``loglik`` classes-first, float32 kept as float32 (the mean field of hmrf_em), anything else float64."""
+    L = np.asarray(loglik)
+    L = L if L.dtype == np.float32 else L.astype(np.float64, copy=False)
     if L.ndim != 4:
         raise ValueError(f"potts: log-likelihoods must be (K, D, H, W) or (D, H, W, K), got shape {L.shape}; "
                          "give one value per class and voxel")
@@ -70,7 +72,7 @@ def neighbour_counts(onehot: np.ndarray) -> np.ndarray:
     (zero the masked-out voxels of ``onehot`` first so they do not vote).
     """
     a = np.asarray(onehot)
-    out = np.zeros(a.shape, dtype=np.float64)
+    out = np.zeros(a.shape, dtype=np.float32 if a.dtype in (np.float32, np.bool_) else np.float64)  # counts <= 6
     for ax in (1, 2, 3):
         lo = [slice(None)] * 4
         hi = [slice(None)] * 4
@@ -146,7 +148,8 @@ def _softmax0(s: np.ndarray) -> np.ndarray:
 
 def mean_field(loglik: np.ndarray, beta: float, q: np.ndarray | None = None, mask: np.ndarray | None = None,
                n_iter: int = 5, class_axis: int = 0) -> np.ndarray:
-    """Mean-field posteriors of the Potts model: ``(K, D, H, W)`` float64, summing to 1 over ``K``.
+    """Mean-field posteriors of the Potts model: ``(K, D, H, W)``, summing to 1 over ``K``; float32 for a float32
+    ``loglik`` (half the memory traffic; :func:`hyperseg.regularize.hmrf_em` uses it), float64 otherwise.
 
     ``q_i(k) = softmax_k(L[k, i] + beta * sum_{j~i, j in mask} q_j(k))``, the
     even colour then the odd one per iteration. ``q``: the start (default

@@ -68,7 +68,7 @@ from .config import POTTS_METHODS
 from .geometry.poincare import pairwise_dist
 from .potts import icm, mean_field
 
-__all__ = ["POTTS_METHODS", "bias_field_step", "low_pass", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
+__all__ = ["POTTS_METHODS", "bias_field_step", "normalised_low_pass", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
            "intensity_kmeans", "intensity_loglik", "potts_labels", "tangent_features"]
 
 #: Smallest fitted spread (``s^2`` or ``b``), in squared / plain distance units: a level whose
@@ -130,6 +130,22 @@ def _on_grid(values: np.ndarray, mask: np.ndarray | None, n: int) -> np.ndarray:
     full = np.zeros((values.shape[1], n), dtype=np.float64)
     full[:, mask] = values.T
     return full
+
+
+def _crop_to_mask(shape: tuple[int, int, int], mask: np.ndarray | None
+                  ) -> tuple[tuple[int, int, int], np.ndarray | None]:
+    """The grid and ``(N,)`` mask cut to the mask's bounding box (unchanged without a mask or when empty).
+
+    The mask's voxels keep their raster order, so rows ``(M, ...)`` indexed by them stay valid."""
+    if mask is None or not mask.any():
+        return shape, mask
+    m3 = mask.reshape(shape)
+    box = []
+    for ax in range(3):
+        hit = np.flatnonzero(m3.any(axis=tuple(a for a in range(3) if a != ax)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    cut = m3[tuple(box)]
+    return tuple(int(v) for v in cut.shape), cut.reshape(-1)  # type: ignore[return-value]
 
 
 def _grid_mask(mask: np.ndarray | None, shape: tuple[int, int, int], m: int) -> np.ndarray | None:
@@ -248,7 +264,12 @@ def tangent_features(points: np.ndarray, latent: str = "hyperbolic", c: float = 
 def diagonal_gaussian_loglik(features: np.ndarray, resp: np.ndarray) -> np.ndarray:
     """``(N, K)`` log-densities of features ``(N, P)`` under the diagonal Gaussian of each cluster, fitted by
     the responsibilities ``resp`` ``(K, N)`` (weighted means and variances, each variance at least
-    :data:`MIN_INTENSITY_VARIANCE`; a cluster with no weight takes every voxel's)."""
+    :data:`MIN_INTENSITY_VARIANCE`; a cluster with no weight takes every voxel's).
+
+    ``log N(x; mu_k, diag s_k) = -1/2 sum_j [log(2 pi s_kj) + x_j^2 / s_kj - 2 x_j mu_kj / s_kj + mu_kj^2 / s_kj]``,
+    computed as two ``(N, P) @ (P, K)`` products (the features are standardised, so the expansion loses
+    nothing measurable in float64: ``tests/test_regularize.py`` holds it to the direct formula).
+    """
     F = np.asarray(features, dtype=np.float64)
     q = np.asarray(resp, dtype=np.float64)
     tot = q.sum(1, keepdims=True)
@@ -256,17 +277,17 @@ def diagonal_gaussian_loglik(features: np.ndarray, resp: np.ndarray) -> np.ndarr
     w = q / q.sum(1, keepdims=True)
     mu = w @ F  # (K, P)
     var = np.maximum(w @ (F ** 2) - mu ** 2, MIN_INTENSITY_VARIANCE)
-    out = np.zeros((len(F), len(mu)), dtype=np.float64)
-    for j in range(F.shape[1]):  # one feature at a time: (N, K) memory, not (N, K, P)
-        out -= 0.5 * (np.log(2 * np.pi * var[:, j])[None] + (F[:, j:j + 1] - mu[None, :, j]) ** 2 / var[None, :, j])
-    return out
+    const = -0.5 * (np.log(2 * np.pi * var) + mu ** 2 / var).sum(1)  # (K,)
+    return (F ** 2) @ (-0.5 / var).T + F @ (mu / var).T + const[None]
 
 
-def intensity_kmeans(values: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+def intensity_kmeans(values: np.ndarray, n_clusters: int, seed: int = 0, sample_size: int | None = 50_000
+                     ) -> np.ndarray:
     """Labels ``(M,)`` int64 in ``0..n_clusters-1`` of k-means on the voxels' intensities ``values`` ``(M, C)``
     (or ``(M,)``): the start of FSL FAST's EM. One channel: :func:`hyperseg.potts.kmeans_1d` (deterministic,
     started at the quantiles), labels by nearest centre in increasing order; several: Euclidean k-means
-    (:class:`hyperseg.cluster.EuclideanKMeans`, ``seed``)."""
+    (:class:`hyperseg.cluster.EuclideanKMeans`, ``seed``) fitted on at most ``sample_size`` voxels (all with
+    ``None``), then every voxel to its nearest centre."""
     from .potts import kmeans_1d
 
     v = np.asarray(values, dtype=np.float64)
@@ -278,41 +299,55 @@ def intensity_kmeans(values: np.ndarray, n_clusters: int, seed: int = 0) -> np.n
         return np.searchsorted((centres[1:] + centres[:-1]) / 2, v[:, 0]).astype(np.int64)
     from .cluster import make_clusterer
 
-    return np.asarray(make_clusterer("kmeans", "euclidean", n_clusters, seed=seed).fit(v).labels_, dtype=np.int64)
+    km = make_clusterer("kmeans", "euclidean", n_clusters, seed=seed, sample_size=sample_size)
+    return np.asarray(km.fit(v).labels_, dtype=np.int64)
 
 
-#: :func:`low_pass` works on a grid coarser by ``f = floor(sigma / LOW_PASS_VOXELS_PER_BLOCK)`` (at least 1).
+#: :func:`normalised_low_pass` works on a grid coarser by ``f = floor(sigma / LOW_PASS_VOXELS_PER_BLOCK)`` (>= 1).
 LOW_PASS_VOXELS_PER_BLOCK = 2.0
 
+#: A smoothed weight below this is "no voxel within reach": the normalised low-pass gives 0 there.
+MIN_SMOOTHED_WEIGHT = 1e-12
 
-def low_pass(grid: np.ndarray, sigma: float) -> np.ndarray:
-    """A Gaussian low-pass of ``grid`` ``(D, H, W)``, standard deviation ``sigma`` voxels, on a coarser grid.
 
-    ``f = floor(sigma / 2)``: the grid is averaged over ``f^3`` blocks (zeros past its end), smoothed with
-    ``sigma / f`` (scipy, ``mode="nearest"``) and brought back by trilinear interpolation. The block mean
-    is a box filter that adds ``f^2 / 12`` to the variance per axis, at most 1/48 of ``sigma^2``; the
-    interpolation's error is second order in ``f / sigma``. Near the faces the zeros past the end pull
-    the result down: :func:`bias_field_step` divides two low-passes of data that are both zero outside
-    its voxels (a normalised convolution), where that cancels; there it stays within 0.01 of the
-    full-resolution filter, ten times below the field estimate's own error (``tests/test_bias_field.py``).
-    ``f = 1`` is scipy's filter itself. Cost: ``f^3`` times fewer voxels to filter, each with a kernel
-    ``f`` times shorter.
+def normalised_low_pass(num: np.ndarray, den: np.ndarray, sigma: float) -> np.ndarray:
+    """``G * num / G * den`` per channel, ``(C, D, H, W)`` each: a normalised convolution with a Gaussian ``G`` of
+    ``sigma`` voxels, zero past the grid (``mode="constant"``: no data there), 0 where ``G * den`` is below
+    :data:`MIN_SMOOTHED_WEIGHT`.
+
+    Computed on a grid coarser by ``f = floor(sigma / 2)``: both are averaged over ``f^3`` blocks (zeros past
+    the end), smoothed with ``sigma / f``, divided, and the ratio brought back by trilinear interpolation.
+    The block mean is a box filter that adds ``f^2 / 12`` to the variance per axis (at most 1/48 of
+    ``sigma^2``) and the interpolation's error is second order in ``f / sigma``: the result stays within 0.011
+    of the full-resolution ratio where ``den > 0``, ten times below the bias estimate's own error
+    (``tests/test_bias_field.py``). ``f = 1`` is scipy's filter itself. Cost: ``f^3`` times fewer voxels to
+    filter, each with a kernel ``f`` times shorter.
     """
     from scipy.ndimage import gaussian_filter
 
-    x = np.asarray(grid, dtype=np.float64)
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
     f = max(1, int(sigma // LOW_PASS_VOXELS_PER_BLOCK))
+
+    def smooth(a: np.ndarray, s: float) -> np.ndarray:
+        return np.stack([gaussian_filter(ch, s, mode="constant") for ch in a])
+
     if f == 1:
-        return gaussian_filter(x, sigma, mode="nearest")
-    shape = x.shape
-    pad = [(0, -n % f) for n in shape]
-    xp = np.pad(x, pad)
-    c = [m // f for m in xp.shape]
-    small = xp.reshape(c[0], f, c[1], f, c[2], f).sum((1, 3, 5)) / f ** 3
-    small = gaussian_filter(small, sigma / f, mode="nearest")
-    t = torch.from_numpy(small)[None, None]
-    big = torch.nn.functional.interpolate(t, size=tuple(xp.shape), mode="trilinear", align_corners=False)[0, 0]
-    return big.numpy()[: shape[0], : shape[1], : shape[2]]
+        g = smooth(den, sigma)
+        return np.where(g > MIN_SMOOTHED_WEIGHT, smooth(num, sigma) / np.maximum(g, MIN_SMOOTHED_WEIGHT), 0.0)
+    shape = num.shape[1:]
+    pad = [(0, 0)] + [(0, -n % f) for n in shape]
+    padded = tuple(n + p for n, (_, p) in zip(shape, pad[1:]))
+    c = [m // f for m in padded]
+
+    def block_mean(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, pad).reshape(len(a), c[0], f, c[1], f, c[2], f).mean((2, 4, 6))
+
+    gn, gd = smooth(block_mean(num), sigma / f), smooth(block_mean(den), sigma / f)
+    ratio = np.where(gd > MIN_SMOOTHED_WEIGHT, gn / np.maximum(gd, MIN_SMOOTHED_WEIGHT), 0.0)
+    big = torch.nn.functional.interpolate(torch.from_numpy(ratio)[None], size=padded, mode="trilinear",
+                                          align_corners=False)[0]
+    return big.numpy()[:, : shape[0], : shape[1], : shape[2]]
 
 
 def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int, int], sigma: float,
@@ -326,7 +361,7 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
         ``b = G_sigma * (w r) / G_sigma * w``,
 
     the inverse-variance-weighted mean residual of every voxel, low-passed by a Gaussian of ``sigma`` voxels
-    (:func:`low_pass`) over the voxels of ``mask`` (``(D * H * W,)`` bool; ``None``: the whole grid) and normalised by the
+    over the voxels of ``mask`` (``(D * H * W,)`` bool; ``None``: the whole grid) and normalised by the
     smoothed weights, so the field outside tissue is interpolated from tissue nearby (Wells et al. 1996). The
     field is then centred (weighted mean 0): the class means, not the field, hold the overall level.
     Guards: variances at least :data:`MIN_INTENSITY_VARIANCE`; a smoothed weight below ``1e-12`` (no voxel
@@ -343,18 +378,19 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
     b = np.zeros_like(v) if field is None else np.asarray(field, dtype=np.float64)
     tot = q.sum(1, keepdims=True)
     wq = q / np.maximum(tot, 1e-12)
-    out = np.zeros_like(v)
-    for j in range(v.shape[1]):
+    C = v.shape[1]
+    num, den = np.zeros((C, n)), np.zeros((C, n))
+    weights = np.empty((C, M))
+    for j in range(C):
         y = v[:, j] - b[:, j]
         mu = wq @ y
         var = np.maximum(wq @ (y ** 2) - mu ** 2, MIN_INTENSITY_VARIANCE)
-        w = (q / var[:, None]).sum(0)  # (M,)
-        wr = (q * (v[:, j][None] - mu[:, None]) / var[:, None]).sum(0)  # w_i r_i
-        num, den = np.zeros(n), np.zeros(n)
-        num[idx], den[idx] = wr, w
-        num, den = (low_pass(a.reshape(shape), sigma).reshape(-1)[idx] for a in (num, den))
-        f = np.where(den > 1e-12, num / np.maximum(den, 1e-12), 0.0)
-        out[:, j] = f - np.average(f, weights=w)
+        weights[j] = (1.0 / var) @ q  # w_i = sum_k q_ik / s_k^2
+        num[j, idx] = v[:, j] * weights[j] - (mu / var) @ q  # w_i r_i = sum_k q_ik (v_i - mu_k) / s_k^2
+        den[j, idx] = weights[j]
+    field = normalised_low_pass(num.reshape((C,) + tuple(shape)), den.reshape((C,) + tuple(shape)), sigma)
+    field = field.reshape(C, n)[:, idx].T  # (M, C)
+    out = field - np.stack([np.average(field[:, j], weights=weights[j]) for j in range(C)])[None]
     return out
 
 
@@ -389,6 +425,10 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
         v = v[:, None] if v.ndim == 1 else v
     if emb is None and v is None:
         raise ValueError("regularize: hmrf_em needs embedding_weight or intensity_weight above 0")
+    # the mask's bounding box: voxels outside the mask take no part in the prior or the bias field (its
+    # normalised convolution is zero there, and zero past the grid), so the crop changes nothing but the work
+    shape, mk = _crop_to_mask(shape, mk)
+    n = int(np.prod(shape))
     m3 = None if mk is None else mk.reshape(shape)
     q = np.eye(K)[lab].T  # (K, M) responsibilities of the start
     field = None  # the bias field (M, C) of bias_sigma, none before the first M step
@@ -398,7 +438,8 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
             L += embedding_weight * diagonal_gaussian_loglik(emb, q)
         if v is not None:
             L += intensity_weight * diagonal_gaussian_loglik(v if field is None else v - field, q)
-        grid = _on_grid(L, mk, n).reshape((K,) + tuple(shape))
+        # float32 mean field: posteriors need no more, and the sweeps are memory-bound
+        grid = _on_grid(L, mk, n).reshape((K,) + tuple(shape)).astype(np.float32)
         # each E step starts from the posteriors without the prior: started from the previous (one-hot at
         # first) posteriors, the prior holds the start's partition and the EM cannot leave it
         qg = mean_field(grid, beta, mask=m3, n_iter=mf_iter).reshape(K, -1)
