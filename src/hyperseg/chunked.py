@@ -85,6 +85,7 @@ from .geometry.poincare import pairwise_dist
 from .potts import neighbour_counts
 from .regularize import MIN_INTENSITY_VARIANCE, MIN_SPREAD, border_cluster
 from .smooth import smooth_embedding
+from .utils import release_memory
 
 if TYPE_CHECKING:
     from .data.zarr_io import LabelsWriter
@@ -546,20 +547,8 @@ def _pass_task(func: Callable, src, dst, index: tuple[int, ...], grid, depth: in
     else:
         dst[own] = out[inner]
     del block, out, m
-    _release_memory()
+    release_memory()
     return 0
-
-
-def _release_memory() -> None:
-    """Give freed heap memory back to the system (glibc's ``malloc_trim``; nothing elsewhere). Without it the
-    large per-chunk buffers freed by worker threads stay in the process's heaps, fragmented, and the resident
-    memory creeps up with the number of chunks instead of staying at one region per running task."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _run_pass(func: Callable, src, dst, grid, depth: int, client, scheduler, progress: bool, desc: str,

@@ -67,6 +67,7 @@ import torch
 from .config import POTTS_METHODS
 from .geometry.poincare import pairwise_dist
 from .potts import icm, mean_field
+from .utils import release_memory
 
 __all__ = ["POTTS_METHODS", "bias_field_step", "normalised_low_pass", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
            "intensity_kmeans", "intensity_loglik", "potts_labels", "tangent_features"]
@@ -310,44 +311,57 @@ LOW_PASS_VOXELS_PER_BLOCK = 2.0
 MIN_SMOOTHED_WEIGHT = 1e-12
 
 
-def normalised_low_pass(num: np.ndarray, den: np.ndarray, sigma: float) -> np.ndarray:
-    """``G * num / G * den`` per channel, ``(C, D, H, W)`` each: a normalised convolution with a Gaussian ``G`` of
-    ``sigma`` voxels, zero past the grid (``mode="constant"``: no data there), 0 where ``G * den`` is below
-    :data:`MIN_SMOOTHED_WEIGHT`.
+def normalised_low_pass(num: np.ndarray, den: np.ndarray, index: np.ndarray, shape: tuple[int, int, int],
+                        sigma: float) -> np.ndarray:
+    """``(G * num) / (G * den)`` at the voxels ``index``, per channel: a normalised convolution with a Gaussian
+    ``G`` of ``sigma`` voxels of data that are zero off those voxels and past the grid.
 
-    Computed on a grid coarser by ``f = floor(sigma / 2)``: both are averaged over ``f^3`` blocks (zeros past
-    the end), smoothed with ``sigma / f``, divided, and the ratio brought back by trilinear interpolation.
+    ``num``, ``den`` ``(M, C)``: the values at the ``M`` voxels ``index`` (flat C-order indices into the grid
+    ``shape``); returns ``(M, C)``, 0 where ``G * den`` is below :data:`MIN_SMOOTHED_WEIGHT`.
+
+    Computed on a grid coarser by ``f = floor(sigma / 2)``: each channel is averaged over ``f^3`` blocks (a
+    ``bincount`` of the voxels into their block: no full-resolution grid is made), smoothed with ``sigma / f``
+    (scipy, zero past the grid), divided, and the ratio read back at the voxels by trilinear interpolation.
     The block mean is a box filter that adds ``f^2 / 12`` to the variance per axis (at most 1/48 of
     ``sigma^2``) and the interpolation's error is second order in ``f / sigma``: the result stays within 0.011
-    of the full-resolution ratio where ``den > 0``, ten times below the bias estimate's own error
-    (``tests/test_bias_field.py``). ``f = 1`` is scipy's filter itself. Cost: ``f^3`` times fewer voxels to
-    filter, each with a kernel ``f`` times shorter.
+    of the full-resolution ratio, ten times below the bias estimate's own error (``tests/test_bias_field.py``).
+    ``f = 1`` is scipy's filter itself on the full grid. Memory: one channel at a time.
     """
     from scipy.ndimage import gaussian_filter
 
-    num = np.asarray(num, dtype=np.float64)
-    den = np.asarray(den, dtype=np.float64)
+    num = np.asarray(num, dtype=np.float64).reshape(len(index), -1)
+    den = np.asarray(den, dtype=np.float64).reshape(len(index), -1)
+    index = np.asarray(index, dtype=np.int64)
+    shape = tuple(int(v) for v in shape)
+    n = int(np.prod(shape))
     f = max(1, int(sigma // LOW_PASS_VOXELS_PER_BLOCK))
-
-    def smooth(a: np.ndarray, s: float) -> np.ndarray:
-        return np.stack([gaussian_filter(ch, s, mode="constant") for ch in a])
-
+    out = np.zeros(num.shape)
     if f == 1:
-        g = smooth(den, sigma)
-        return np.where(g > MIN_SMOOTHED_WEIGHT, smooth(num, sigma) / np.maximum(g, MIN_SMOOTHED_WEIGHT), 0.0)
-    shape = num.shape[1:]
-    pad = [(0, 0)] + [(0, -n % f) for n in shape]
-    padded = tuple(n + p for n, (_, p) in zip(shape, pad[1:]))
-    c = [m // f for m in padded]
-
-    def block_mean(a: np.ndarray) -> np.ndarray:
-        return np.pad(a, pad).reshape(len(a), c[0], f, c[1], f, c[2], f).mean((2, 4, 6))
-
-    gn, gd = smooth(block_mean(num), sigma / f), smooth(block_mean(den), sigma / f)
-    ratio = np.where(gd > MIN_SMOOTHED_WEIGHT, gn / np.maximum(gd, MIN_SMOOTHED_WEIGHT), 0.0)
-    big = torch.nn.functional.interpolate(torch.from_numpy(ratio)[None], size=padded, mode="trilinear",
-                                          align_corners=False)[0]
-    return big.numpy()[:, : shape[0], : shape[1], : shape[2]]
+        for j in range(num.shape[1]):
+            grids = []
+            for a in (num[:, j], den[:, j]):
+                g = np.zeros(n)
+                g[index] = a
+                grids.append(gaussian_filter(g.reshape(shape), sigma, mode="constant").reshape(-1)[index])
+            out[:, j] = np.where(grids[1] > MIN_SMOOTHED_WEIGHT, grids[0] / np.maximum(grids[1], MIN_SMOOTHED_WEIGHT), 0)
+        return out
+    coarse = tuple(-(-v // f) for v in shape)  # ceil: the last block holds what is left
+    d, h, w = np.unravel_index(index, shape)
+    block = np.ravel_multi_index((d // f, h // f, w // f), coarse)
+    # each voxel's position on the coarse grid, for grid_sample (align_corners=False: cell centres at
+    # (j + 1/2) f - 1/2 in voxels): normalised to [-1, 1] over the coarse grid, axes in (x, y, z) = (w, h, d)
+    grid = torch.empty(len(index), 3, dtype=torch.float64)
+    for col, (a, m) in enumerate(zip((w, h, d), coarse[::-1])):
+        grid[:, col] = torch.from_numpy((a + 0.5) / (f * m) * 2 - 1)
+    grid = grid.view(1, 1, 1, -1, 3)
+    del d, h, w
+    for j in range(num.shape[1]):
+        gn, gd = (gaussian_filter(np.bincount(block, weights=a, minlength=int(np.prod(coarse))).reshape(coarse)
+                                  / f ** 3, sigma / f, mode="constant") for a in (num[:, j], den[:, j]))
+        ratio = np.where(gd > MIN_SMOOTHED_WEIGHT, gn / np.maximum(gd, MIN_SMOOTHED_WEIGHT), 0.0)
+        out[:, j] = torch.nn.functional.grid_sample(torch.from_numpy(ratio)[None, None], grid, mode="bilinear",
+                                                    padding_mode="border", align_corners=False).reshape(-1).numpy()
+    return out
 
 
 def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int, int], sigma: float,
@@ -369,29 +383,28 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
     """
     v = np.asarray(values, dtype=np.float64)
     v = v[:, None] if v.ndim == 1 else v
-    q = np.asarray(resp, dtype=np.float64)
+    q = np.asarray(resp)
+    q = q if q.dtype == np.float32 else q.astype(np.float64, copy=False)  # float32 posteriors (the mean field) stay so
     M = len(v)
     n = int(np.prod(shape))
     idx = np.arange(n) if mask is None else np.flatnonzero(mask)
     if len(idx) != M:
         raise ValueError(f"regularize: {M} voxels for a mask of {len(idx)}")
     b = np.zeros_like(v) if field is None else np.asarray(field, dtype=np.float64)
-    tot = q.sum(1, keepdims=True)
-    wq = q / np.maximum(tot, 1e-12)
+    tot = q.sum(1, keepdims=True, dtype=np.float64)
+    wq = (q / np.maximum(tot, 1e-12)).astype(q.dtype)
     C = v.shape[1]
-    num, den = np.zeros((C, n)), np.zeros((C, n))
-    weights = np.empty((C, M))
+    num, den = np.empty((M, C)), np.empty((M, C))
     for j in range(C):
         y = v[:, j] - b[:, j]
-        mu = wq @ y
-        var = np.maximum(wq @ (y ** 2) - mu ** 2, MIN_INTENSITY_VARIANCE)
-        weights[j] = (1.0 / var) @ q  # w_i = sum_k q_ik / s_k^2
-        num[j, idx] = v[:, j] * weights[j] - (mu / var) @ q  # w_i r_i = sum_k q_ik (v_i - mu_k) / s_k^2
-        den[j, idx] = weights[j]
-    field = normalised_low_pass(num.reshape((C,) + tuple(shape)), den.reshape((C,) + tuple(shape)), sigma)
-    field = field.reshape(C, n)[:, idx].T  # (M, C)
-    out = field - np.stack([np.average(field[:, j], weights=weights[j]) for j in range(C)])[None]
-    return out
+        mu = (wq @ y).astype(np.float64)
+        var = np.maximum((wq @ (y ** 2)).astype(np.float64) - mu ** 2, MIN_INTENSITY_VARIANCE)
+        den[:, j] = (1.0 / var).astype(q.dtype) @ q  # w_i = sum_k q_ik / s_k^2
+        num[:, j] = v[:, j] * den[:, j] - (mu / var).astype(q.dtype) @ q  # w_i r_i = sum_k q_ik (v_i - mu_k) / s_k^2
+    field = normalised_low_pass(num, den, idx, shape, sigma)  # (M, C)
+    del num
+    field -= np.stack([np.average(field[:, j], weights=den[:, j]) for j in range(C)])[None]
+    return field
 
 
 def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,
@@ -444,6 +457,8 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
         # first) posteriors, the prior holds the start's partition and the EM cannot leave it
         qg = mean_field(grid, beta, mask=m3, n_iter=mf_iter).reshape(K, -1)
         q = qg if mk is None else qg[:, mk]
+        del grid, qg  # (K, n) each: not held through the M step
         if v is not None and bias_sigma > 0:
             field = bias_field_step(v, q, shape, bias_sigma, mask=mk, field=field)
+        release_memory()  # the step's (K, n) and (M, C) temporaries, out of the heaps
     return q.argmax(0).astype(np.int64)

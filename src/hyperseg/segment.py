@@ -66,6 +66,7 @@ from .embed import embed_volume
 from .model import HyperVAE
 from .regularize import class_loglik, foreground_of, hmrf_em, intensity_kmeans, intensity_loglik, potts_labels
 from .smooth import smooth_embedding
+from .utils import release_memory
 
 #: A Gaussian's full width at half maximum over its standard deviation, ``2 sqrt(2 ln 2)``.
 FWHM_PER_SIGMA = 2.0 * float(np.sqrt(2.0 * np.log(2.0)))
@@ -222,7 +223,8 @@ def mask_agreement(mask: np.ndarray, split: np.ndarray) -> float:
 def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config,
                    shape: tuple[int, int, int], seed: int = 0,
                    foreground: np.ndarray | None = None, voxel_size: float = 1.0) -> dict[int, np.ndarray]:
-    """Labels ``{K: (N,) int64}``: each level clustered on its own field and refined (:func:`regularise_level`).
+    """Labels ``{K: (N,)}`` (int64; uint8 with ``hierarchy: foreground``): each level clustered on its own field
+    and refined (:func:`regularise_level`).
 
     ``fields`` ``{K: (N, d)}``: the points each level is clustered on (its smoothing); ``values`` ``(N, C)`` the
     normalised intensities; ``N = D * H * W`` of ``shape``. With ``cfg.hierarchy == "independent"`` every level
@@ -245,7 +247,7 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
         fg = np.asarray(foreground, dtype=bool).reshape(-1)
     out: dict[int, np.ndarray] = {}
     for k in ks:
-        lab = np.zeros(N, dtype=np.int64)
+        lab = np.zeros(N, dtype=np.uint8)  # labels < MAX_CLUSTERS = 256: one byte per voxel while later levels run
         if k == 2:
             lab[fg] = 1
         elif k > 2:
@@ -254,6 +256,8 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
                                  "clusters asked for inside it; ask for fewer clusters or use hierarchy 'independent'")
             pts = fields[k][fg]
             lab[fg] = level_labels(pts, k - 1, cfg, shape, values[fg], mask=fg, seed=seed, voxel_size=voxel_size) + 1
+            del pts
+            release_memory()
         out[k] = lab
     return out
 
@@ -307,6 +311,8 @@ def segment_embedding(
         wanted = set(ks) | ({2} if split else set())
         for sigma in {cfg.level_smooth_sigma.get(k, cfg.smooth_sigma) for k in wanted} - set(by_sigma):
             by_sigma[sigma] = smooth_embedding(emb, sigma, latent=cfg.latent, c=cfg.c).reshape(flat.shape)
+        del emb  # the smoothed fields are all that is read from here: a caller that keeps no reference frees it
+        release_memory()
         fields = {k: by_sigma[cfg.level_smooth_sigma.get(k, cfg.smooth_sigma)] for k in sorted(wanted)}
         values = x.reshape(x.shape[0], -1).T  # (N, C) normalised intensities
         shape = points.shape[:-1]
@@ -342,5 +348,6 @@ def segment_array(
     every voxel (:func:`hyperseg.embed.embed_volume`), then :func:`segment_embedding` (``voxel_size``: the
     isotropic voxel edge in mm)."""
     x = normalize_for(model.cfg, array, mask)  # mask: optional boolean (D, H, W) foreground
-    emb = embed_volume(model, torch.from_numpy(x), progress=progress)
-    return segment_embedding(model.cfg, emb, x, levels, seed=seed, array=array, voxel_size=voxel_size)
+    # the embedding is passed without a name here, so segment_embedding can free it once smoothed
+    return segment_embedding(model.cfg, embed_volume(model, torch.from_numpy(x), progress=progress), x, levels,
+                             seed=seed, array=array, voxel_size=voxel_size)
