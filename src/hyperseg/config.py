@@ -14,8 +14,6 @@ from typing import Any
 
 import yaml
 
-from .nn.precision import COMPUTE_DTYPES
-
 LATENTS = ("hyperbolic", "euclidean")
 DECODER_INPUTS = ("gyroplane", "linear")
 PATCH_SCALES = ("uniform", "log")
@@ -44,6 +42,9 @@ MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "intensity_w
                        "potts_iter", "refine_iter", "bias_fwhm")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
+#: What the convolutions run in (``embed_dtype``, ``train_dtype``; nn/precision.py): "auto" is bfloat16 where the
+#: processor multiplies it natively, float32 elsewhere.
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 TRIPLET_DISTANCES = ("distance", "squared")
 NEGATIVES = ("disjoint", "all_axes")  # negative-child placements of data/sampler.py
 

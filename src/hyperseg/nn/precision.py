@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-#: Values of ``Config.embed_dtype`` and ``Config.train_dtype``.
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+from ..config import COMPUTE_DTYPES  # the values of Config.embed_dtype and Config.train_dtype
 
 #: /proc/cpuinfo flags of x86 processors that multiply bfloat16 matrices natively.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
