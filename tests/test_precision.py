@@ -92,3 +92,18 @@ def test_bfloat16_training_runs_in_bfloat16_and_keeps_float32_weights(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert logged and all(np.isfinite(r["loss"]) for r in logged)
     assert Config.load(tmp_path / "bf16" / "config.yaml").train_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("choice", ["auto", "float32", "bfloat16"])
+def test_segment_embed_dtype_option_sets_the_field(choice, capsys):
+    from hyperseg.cli import build_parser
+    from hyperseg.cli.segment import segment_config
+
+    parse = build_parser().parse_args
+    args = parse(["segment", "-m", "RUN", "-i", "IN", "-o", "OUT", "--embed-dtype", choice])
+    assert segment_config(Config(embed_dtype="float32"), args).embed_dtype == choice
+    args = parse(["segment", "-m", "RUN", "-i", "IN", "-o", "OUT"])
+    assert segment_config(Config(embed_dtype="float32"), args).embed_dtype == "float32"  # a run keeps its own
+    with pytest.raises(SystemExit):
+        parse(["segment", "-m", "RUN", "-i", "IN", "-o", "OUT", "--embed-dtype", "half"])
+    assert "invalid choice: 'half'" in capsys.readouterr().err

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import CLUSTERINGS, FOREGROUNDS, HIERARCHIES, POTTS_METHODS, REFINE_METHODS, TREE_HIERARCHIES, Config
+from ..config import CLUSTERINGS, COMPUTE_DTYPES, FOREGROUNDS, HIERARCHIES, POTTS_METHODS, REFINE_METHODS, TREE_HIERARCHIES, Config
 from .common import OUTPUT_FORMAT_CHOICES, USER_ERRORS, UserError, add_common, add_nan_policy
 
 if TYPE_CHECKING:  # imported where used: building the parser must not import torch
@@ -69,7 +69,7 @@ OPTION_FIELDS = {"levels": "levels", "patch_edge": "embed_patch_edge", "hierarch
                  "clustering": "clustering", "smooth": "smooth_sigma", "level_smooth": "level_smooth_sigma",
                  "level_clustering": "level_clustering", "intensity_weight": "intensity_weight",
                  "potts_beta": "potts_beta", "potts_method": "potts_method", "refine": "refine",
-                 "embedding_weight": "embedding_weight", "foreground": "foreground"}
+                 "embedding_weight": "embedding_weight", "foreground": "foreground", "embed_dtype": "embed_dtype"}
 
 
 def _level_value(kind: str, example: str, convert):
@@ -103,6 +103,10 @@ def add_parser(sub) -> None:
                    "(default: the configuration's levels)")
     p.add_argument("--patch-edge", type=int,
                    help="edge of the patch embedded around each voxel (default: the configuration's, 5)")
+    p.add_argument("--embed-dtype", choices=list(COMPUTE_DTYPES),
+                   help="what the encoder's convolutions run in: 'auto' (the default of new runs: bfloat16 where "
+                        "the processor multiplies it natively, Intel AMX / AVX512-BF16 or CUDA, else float32), "
+                        "'float32' or 'bfloat16'")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--hierarchy", choices=list(HIERARCHIES),
                    help="how the levels relate: 'foreground' (the default of new runs) splits foreground from "
@@ -194,7 +198,8 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
         changes.update(clustering=args.clustering, level_clustering={})
     if args.smooth is not None:
         changes["smooth_sigma"] = args.smooth
-    for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight", "foreground"):
+    for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight", "foreground",
+                   "embed_dtype"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
     if changes.get("hierarchy") in TREE_HIERARCHIES:
