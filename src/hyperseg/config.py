@@ -133,8 +133,9 @@ class Config:
     grad_clip: float = 8.0  # paper's code: --clip 8
     # what the convolutions run in during training: "float32" (default), "bfloat16" (autocast; the ball maths,
     # the likelihood and the optimiser stay float32 / float64) or "auto" (bfloat16 where the processor multiplies
-    # it natively, nn/precision.py). About 2x the triplets per second on AMX processors
-    # (benchmarks/results/train_speed.json); not the default: its Dice is not measured over seeds.
+    # it natively, nn/precision.py). 1.7x the triplets per second on an AMX processor, and on the simple validation
+    # volumes (3 seeds) no lower Dice (benchmarks/results/train_speed.json, train_dtype_simple_val_*.json); not the
+    # default until the real-MRI models are retrained with it.
     train_dtype: str = "float32"
     steps: int = 1500  # chosen on validation volumes: levels 2-3 get worse with longer training (BENCHMARKS.md)
     checkpoint_every: int = 200
