@@ -78,6 +78,7 @@ HYPERSEG_ROWS: dict[str, dict] = {
     HYPERSEG: {},
     "hyperseg default, intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
     "hyperseg default, Euclidean model": {"latent": "euclidean", "decoder_input": "linear"},
+    "hyperseg default, trained in bfloat16": {"train_dtype": "bfloat16"},
     "hyperseg default, no bias field": {"masked_stage": {**Config().masked_stage, "bias_fwhm": 0.0}},
     "hyperseg split foreground (previous default)": {"foreground": "split"},
     "hyperseg split foreground, embedding only": {"foreground": "split", "intensity_weight": 0.0},
@@ -95,7 +96,7 @@ HYPERSEG_ROWS: dict[str, dict] = {
 }
 #: rows whose model is trained with other Config fields than the default (their own run folder per setting);
 #: ``train_preset``: the model is trained from that shipped preset (``hyperseg train --preset NAME``)
-MODEL_FIELDS = ("latent", "decoder_input", "train_preset")
+MODEL_FIELDS = ("latent", "decoder_input", "train_preset", "train_dtype")
 LEVELS = (2, 3, 4)
 BIAS_SEED = 27
 BIAS_DEGREE = 3
