@@ -16,11 +16,11 @@ settings.register_profile("dev")
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 #: Configuration fields of a model small enough to train a few steps in well under a second.
-# embed_dtype float32: an untrained tiny model's embeddings differ in their last bits, which bfloat16 (chosen by
-# "auto" on processors with AMX) rounds away; the pipeline tests must not depend on the machine's processor
-# (tests/test_precision.py tests the bfloat16 pass itself)
+# embed_dtype and train_dtype float32: an untrained tiny model's embeddings differ in their last bits, which
+# bfloat16 (chosen by "auto" on processors with AMX) rounds away; the pipeline and training tests must not depend
+# on the machine's processor (tests/test_precision.py tests bfloat16 itself)
 TINY = dict(encoder_channels=[4, 4, 4, 4], decoder_channels=[4, 4, 4, 4], hidden=8, gyro_channels=8,
-            n_samples=2, batch_size=4, kmeans_n_init=1, embed_dtype="float32")
+            n_samples=2, batch_size=4, kmeans_n_init=1, embed_dtype="float32", train_dtype="float32")
 
 
 def tiny_yaml(**extra) -> str:

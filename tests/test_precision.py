@@ -83,7 +83,7 @@ def test_bfloat16_training_runs_in_bfloat16_and_keeps_float32_weights(tmp_path):
 
     image = generate_volume(np.random.default_rng(0), shape=(16, 16, 16))[0][None]
     plain = train(Config(**TINY), [image], tmp_path / "f32", steps=3, progress=False).state_dict()
-    half = train(Config(**TINY, train_dtype="bfloat16"), [image], tmp_path / "bf16", steps=3, progress=False)
+    half = train(Config(**{**TINY, "train_dtype": "bfloat16"}), [image], tmp_path / "bf16", steps=3, progress=False)
     state = half.state_dict()
     assert all(v.dtype == plain[k].dtype for k, v in state.items())  # the weights and their updates stay float32
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

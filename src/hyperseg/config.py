@@ -131,12 +131,13 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 8.0  # paper's code: --clip 8
-    # what the convolutions run in during training: "float32" (default), "bfloat16" (autocast; the ball maths,
-    # the likelihood and the optimiser stay float32 / float64) or "auto" (bfloat16 where the processor multiplies
-    # it natively, nn/precision.py). 1.7x the triplets per second on an AMX processor, and on the simple validation
-    # volumes (3 seeds) no lower Dice (benchmarks/results/train_speed.json, train_dtype_simple_val_*.json); not the
-    # default until the real-MRI models are retrained with it.
-    train_dtype: str = "float32"
+    # what the convolutions run in during training: "auto" (default: bfloat16 under autocast where the processor
+    # multiplies it natively, Intel AMX / AVX512-BF16 or CUDA, float32 elsewhere; nn/precision.py), "float32" or
+    # "bfloat16". The ball maths, the likelihood and the optimiser stay float32 / float64. On an AMX processor 1.7x
+    # the triplets per second, and on the simple volumes (3 seeds) validation Dice 0.976 / 0.598 / 0.414 against
+    # 0.969 / 0.594 / 0.407 in float32; Colin27 3 % / 20 %: level (benchmarks/results/train_speed.json,
+    # train_dtype_simple_val_*.json, mri_colin27.json)
+    train_dtype: str = "auto"
     steps: int = 1500  # chosen on validation volumes: levels 2-3 get worse with longer training (BENCHMARKS.md)
     checkpoint_every: int = 200
     max_bad_steps: int = 20  # training stops after this many non-finite steps in a row (each is skipped)
