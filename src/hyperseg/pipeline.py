@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.io import METRES_PER_UNIT, OUTPUT_SUFFIXES, Case, Volume, VolumeError, read_case, volume_suffix, write_label_map
+from .data.io import OUTPUT_SUFFIXES, Case, Volume, VolumeError, in_unit, read_case, volume_suffix, write_label_map
 from .data.preprocess import normalize_for
 from .data.resample import isotropic_shape, resample_image, resample_nearest
 from .embed import embed_volume
@@ -84,9 +84,7 @@ def _model_grid(model: HyperVAE, volume: Volume, mask: np.ndarray | None
 def voxel_edge_mm(volume: Volume) -> float:
     """The isotropic grid's voxel edge (``min(spacing)``, :func:`isotropic_shape`) in mm; a spacing of unknown
     unit is read as mm (a NIfTI without units, NumPy arrays)."""
-    edge = min(float(v) for v in volume.spacing)
-    unit = volume.unit
-    return edge * METRES_PER_UNIT[unit] / METRES_PER_UNIT["mm"] if unit in METRES_PER_UNIT else edge
+    return min(float(v) for v in in_unit(tuple(volume.spacing), volume.unit, "mm"))
 
 
 def segment_volume(

@@ -310,7 +310,7 @@ def unit_symbol(name: str | None) -> str:
     return _UNIT_SPELLINGS.get(name.lower(), "")
 
 
-def _in_unit(spacing: tuple[float, float, float], unit: str, target: str) -> tuple[float, float, float]:
+def in_unit(spacing: tuple[float, float, float], unit: str, target: str) -> tuple[float, float, float]:
     """``spacing`` given in ``unit``, expressed in ``target``; unchanged when ``unit`` is unknown (``""``)."""
     if unit not in METRES_PER_UNIT:
         return spacing
@@ -892,7 +892,7 @@ def write_label_map(path: str | Path, labels: np.ndarray, like: Volume) -> Path:
         else:
             import mrcfile
 
-            az, ay, ax = _in_unit((sd, sh, sw), like.unit, "Å")
+            az, ay, ax = in_unit((sd, sh, sw), like.unit, "Å")
             with mrcfile.new(str(tmp), overwrite=True) as mrc:
                 mrc.set_data(labels)
                 mrc.voxel_size = (ax, ay, az)  # mrcfile's order is (x, y, z)
