@@ -33,7 +33,8 @@ from hyperseg.config import PRESETS_DIR, Config
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import normalize_for
 from hyperseg.embed import embed_volume
-from hyperseg.metrics import mean_dice
+from hyperseg.data.synthetic import LEVEL_CLASSES
+from hyperseg.metrics import dice_iou
 from hyperseg.segment import segment_embedding
 
 LEVELS = {1: 2, 2: 4, 3: 6}  # truth level -> clusters
@@ -59,6 +60,28 @@ STAGES: dict[str, dict] = {
                                     "refine": "once"},
     "mri preset": {"preset": "mri"},
 }
+
+
+def _score(labels: np.ndarray, truth: np.ndarray, lvl: int) -> np.ndarray:
+    """Per-class Dice ``(n_classes,)`` of level ``lvl`` after Hungarian matching (NaN: class absent)."""
+    return dice_iou(np.asarray(labels), np.asarray(truth), n_classes=len(LEVEL_CLASSES[lvl]))["dice"]
+
+
+def _summary(per_run: list[dict[int, list[np.ndarray]]], run_std: bool = True) -> dict:
+    """Row fields from per-run, per-level lists of per-class Dice: the mean Dice per level (mean over volumes of
+    the mean over present classes, then over runs), its std over runs, and each class's Dice (mean over the
+    volumes holding it and the runs); ``run_std``: also the std over runs (hyperseg rows, one model per seed)."""
+    out = {}
+    for lvl in LEVELS:
+        means = [float(np.mean([np.nanmean(d) for d in p[lvl]])) for p in per_run]
+        out[f"dice_level{lvl}"] = round(float(np.mean(means)), 4)
+        if run_std:
+            out[f"dice_level{lvl}_run_std"] = round(float(np.std(means)), 4)
+        cls = np.nanmean(np.stack([d for p in per_run for d in p[lvl]]), axis=0)
+        out[f"class_dice_level{lvl}"] = {name: round(float(v), 4) for name, v in zip(LEVEL_CLASSES[lvl], cls)}
+    return out
+
+
 #: segmentation-stage fields a stage may set; the rest come from the run
 STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering", "smooth_sigma", "level_smooth_sigma",
                 "intensity_weight", "potts_beta", "potts_method", "potts_iter", "refine", "refine_init", "embedding_weight", "bias_fwhm",
@@ -128,7 +151,7 @@ def main() -> None:
                 if seg.agreement is not None:
                     agreements[s].append(seg.agreement)
                 for lvl, k in LEVELS.items():
-                    per[s][lvl].append(mean_dice(seg.labels[k], truth[f][lvl]))
+                    per[s][lvl].append(_score(seg.labels[k], truth[f][lvl], lvl))
             print(f"run {i} {f.name} done", flush=True)
         for s in stages:
             scores[s].append(per[s])
@@ -146,19 +169,14 @@ def main() -> None:
                 emb = _embedding(model, f, x, args.cache, f"paper{i}")
                 seg = segment_embedding(cfg, emb, x, list(LEVELS.values()), seed=0, array=raw)
                 for lvl, k in LEVELS.items():
-                    per[lvl].append(mean_dice(seg.labels[k], truth[f][lvl]))
+                    per[lvl].append(_score(seg.labels[k], truth[f][lvl], lvl))
             per_run.append(per)
-        means = {lvl: [float(np.mean(p[lvl])) for p in per_run] for lvl in LEVELS}
         rows.append({"row": "paper preset (train --preset paper, paper segmentation stage)", "kind": "hyperseg",
                      "config": {"preset": "paper"}, "n_runs": len(args.paper_runs), "cases": len(files),
-                     **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in means.items()},
-                     **{f"dice_level{lvl}_run_std": round(float(np.std(v)), 4) for lvl, v in means.items()},
-                     "cpu_seconds_per_volume": None})
+                     **_summary(per_run), "cpu_seconds_per_volume": None})
     for s in stages:
-        means = {lvl: [float(np.mean(p[lvl])) for p in scores[s]] for lvl in LEVELS}
         rows.append({"row": s, "kind": "hyperseg", "config": STAGES[s], "n_runs": len(args.runs), "cases": len(files),
-                     **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in means.items()},
-                     **{f"dice_level{lvl}_run_std": round(float(np.std(v)), 4) for lvl, v in means.items()},
+                     **_summary(scores[s]),
                      "cpu_seconds_per_volume": round(cpu[s] / (len(files) * len(args.runs)), 3),
                      "volumes_in_intensity_mask": masked[s], "volumes_scored": len(files) * len(args.runs),
                      **({"mask_split_agreement_min": round(min(agreements[s]), 4),
@@ -173,7 +191,7 @@ def main() -> None:
                 for f in files:
                     img = read_volume(f).array[0]
                     for lvl, k in LEVELS.items():
-                        per[lvl].append(mean_dice(peer(img, k, (1.0, 1.0, 1.0), seed=0), truth[f][lvl]))
+                        per[lvl].append(_score(peer(img, k, (1.0, 1.0, 1.0), seed=0), truth[f][lvl], lvl))
             except ImportError as err:
                 print(f"{name}: skipped ({err})")
                 continue
@@ -190,11 +208,18 @@ def main() -> None:
             cells.append(f"{r[f'dice_level{lvl}']:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
         mask = f"{r['volumes_in_intensity_mask']} / {r['volumes_scored']}" if "volumes_scored" in r else "-"
         lines.append(f"| {r['row']} | {' | '.join(cells)} | {r['cpu_seconds_per_volume'] or '-'} | {mask} |")
+    for lvl in (2, 3):
+        names = LEVEL_CLASSES[lvl]
+        lines += ["", f"Dice per class, level {lvl}:", "", f"| row | {' | '.join(names)} |",
+                  "|---|" + "---|" * len(names)]
+        lines += [f"| {r['row']} | " + " | ".join(f"{r[f'class_dice_level{lvl}'][n]:.3f}" for n in names) + " |"
+                  for r in rows]
     md = "\n".join(lines)
     print(md)
     _record.write(args.out, __file__, md, rows, runs=[str(r) for r in args.runs], data=str(args.data),
-                  score="Hungarian-matched mean Dice per level (hyperseg.metrics.mean_dice), mean over volumes, "
-                        "then mean ± std over runs (seeds)")
+                  score="Hungarian-matched mean Dice per level (hyperseg.metrics.dice_iou), mean over volumes, "
+                        "then mean ± std over runs (seeds); class_dice_level*: each class's matched Dice, mean "
+                        "over the volumes holding it and the runs")
 
 
 if __name__ == "__main__":

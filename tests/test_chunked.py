@@ -144,6 +144,61 @@ def test_normalisation_from_every_voxel_is_normalize_for():
     assert chunked.fit_normalisation(floor, cfg).floor == 0.0  # the mask of the floor's volume was used
 
 
+def _coordinate_field(tmp_path, shape=SHAPE):
+    """A Zarr ``(2, D, H, W)`` float64 field whose rows name their voxel (flat index, and its negative), in
+    chunks CHUNKS, and a Zarr mask ``(D, H, W)`` uint8 holding a sphere."""
+    import zarr
+
+    flat = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    group = zarr.open_group(str(tmp_path / "scratch.zarr"), mode="w", zarr_format=2)
+    field = group.create_array("field", shape=(2, *shape), chunks=(2, *CHUNKS), dtype=np.float64)
+    field[...] = np.stack([flat, -flat])
+    z, y, x = np.indices(shape)
+    inside = (z - 10) ** 2 + (y - 12) ** 2 + (x - 14) ** 2 < 9.5 ** 2
+    mask = group.create_array("mask", shape=shape, chunks=CHUNKS, dtype="uint8")
+    mask[...] = inside.astype(np.uint8)
+    grid = chunked.processing_chunks(shape, CHUNKS, 1)
+    return field, mask, inside, grid
+
+
+def test_the_sample_is_drawn_inside_the_mask_from_every_chunk_in_proportion(tmp_path):
+    """Each row is one masked voxel's values, no voxel twice, each chunk's share its fraction of that chunk's
+    masked voxels (rounded), and the draw depends on the seed only, not on the scheduler."""
+    field, mask, inside, grid = _coordinate_field(tmp_path)
+    total = int(inside.sum())
+    rows = chunked._sample(field, mask, grid, total, 300, seed=3, client=None, scheduler="threads")
+    idx = rows[:, 0].astype(np.int64)
+    np.testing.assert_array_equal(rows[:, 1], -rows[:, 0])
+    assert len(np.unique(idx)) == len(idx)
+    assert inside.reshape(-1)[idx].all()
+    fraction = 300 / total
+    for index in np.ndindex(*(len(g) for g in grid)):
+        lo, hi, _, _ = chunked._region(grid, index, 0, SHAPE)
+        box = np.zeros(SHAPE, bool)
+        box[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+        assert box.reshape(-1)[idx].sum() == round(fraction * (inside & box).sum())
+    again = chunked._sample(field, mask, grid, total, 300, seed=3, client=None, scheduler="synchronous")
+    np.testing.assert_array_equal(again, rows)
+    other = chunked._sample(field, mask, grid, total, 300, seed=4, client=None, scheduler="threads")
+    assert not np.array_equal(np.sort(other[:, 0]), np.sort(rows[:, 0]))
+    every = chunked._sample(field, None, grid, int(np.prod(SHAPE)), 10**9, seed=0, client=None, scheduler=None)
+    np.testing.assert_array_equal(np.sort(every[:, 0]), np.arange(np.prod(SHAPE)))
+
+
+def test_the_smooth_pass_smooths_the_embedding_and_keeps_the_values(model):
+    """The smooth pass's function: the d embedding channels become smooth_embedding's, the rest are untouched."""
+    cfg = model.cfg
+    d = cfg.latent_dim
+    x = normalize_for(cfg, cells((14, 15, 16)))
+    emb = embed_volume(model, torch.from_numpy(x), patch_edge=cfg.embed_patch_edge).numpy()
+    block = np.concatenate([np.moveaxis(emb, -1, 0), x]).astype(np.float64)
+    want = np.moveaxis(smooth_embedding(emb, cfg.smooth_sigma, latent=cfg.latent, c=cfg.c), -1, 0)
+    out = chunked._smooth_values(block.copy(), None, (0, 0, 0), cfg, d)
+    np.testing.assert_allclose(out[:d], want, rtol=1e-12, atol=1e-15)  # summation order: last bits only
+    assert np.abs(out[:d] - block[:d]).max() > 1e-3  # smoothed, not passed through
+    np.testing.assert_array_equal(out[d:], x)
+
+
 # ----------------------------------------------------------------------------- equal answers
 def run_chunked(model, vol, levels, tmp_path, cfg=None, **kw):
     cfg = cfg or model.cfg

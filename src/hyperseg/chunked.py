@@ -517,12 +517,6 @@ def _least(halo: Halo, cfg: Config) -> int:
     return max(halo.embed, halo.smooth, halo.potts, padding_for(cfg.embed_patch_edge) + 1, 1)
 
 
-def _smooth_block(field: np.ndarray, cfg: Config) -> np.ndarray:
-    """Overlapped embedding block ``(d, a, b, c)`` -> smoothed ``(d, a, b, c)`` float64 (its rim is trimmed)."""
-    pts = smooth_embedding(np.moveaxis(field, 0, -1), cfg.smooth_sigma, latent=cfg.latent, c=cfg.c)
-    return np.ascontiguousarray(np.moveaxis(pts, -1, 0))
-
-
 def _region(grid: tuple[tuple[int, ...], ...], index: Sequence[int], depth: int, shape: Sequence[int]):
     """Chunk ``index`` of ``grid``: its own ``[lo, hi)`` and its overlapped ``[elo, ehi)`` (clipped at the faces)."""
     lo = tuple(int(sum(g[:i])) for g, i in zip(grid, index))
@@ -573,8 +567,11 @@ def _embed_values(raw: np.ndarray, mask, start, model: HyperVAE, norm: NormFit, 
 
 
 def _smooth_values(block: np.ndarray, mask, start, cfg: Config, d: int) -> np.ndarray:
-    """``(d + C, a, b, c)`` -> the same with the ``d`` embedding channels smoothed."""
-    return np.concatenate([_smooth_block(block[:d], cfg), block[d:]])
+    """``(d + C, a, b, c)`` -> the same array, its ``d`` embedding channels smoothed in place (the block is the
+    task's own copy, read from the store: no second region-sized array is made for the result)."""
+    block[:d] = np.moveaxis(smooth_embedding(np.moveaxis(block[:d], 0, -1), cfg.smooth_sigma, latent=cfg.latent,
+                                             c=cfg.c), -1, 0)
+    return block
 
 
 def _labels_region(block: np.ndarray, mask, start, lp: LevelParams, cfg: Config, d: int) -> np.ndarray:
@@ -594,16 +591,31 @@ def _sample_block(field: np.ndarray, mask: np.ndarray | None, fraction: float, s
     return field.reshape(field.shape[0], -1)[:, pick].T
 
 
-def _sample(field, mask, total: int, size: int, seed: int, client, scheduler) -> np.ndarray:
-    """A sample of about ``size`` voxels (of ``mask``, which holds ``total``) of ``field`` ``(d + C, D, H, W)``,
-    drawn across all chunks, each chunk's share in proportion to its voxels (seeded by the chunk's index)."""
+def _sample_task(field, mask, index: tuple[int, ...], grid, fraction: float, seed: int) -> np.ndarray:
+    """:func:`_sample_block` of chunk ``index`` of ``grid``, read straight from the Zarr arrays ``field``
+    ``(d + C, D, H, W)`` and ``mask`` ``(D, H, W)`` (or ``None``)."""
+    lo, hi, _, _ = _region(grid, index, 0, field.shape[-3:])
+    own = tuple(slice(a, b) for a, b in zip(lo, hi))
+    m = None if mask is None else np.asarray(mask[own]) > 0
+    if m is not None and not m.any():
+        return np.zeros((0, field.shape[0]), dtype=field.dtype)
+    rows = _sample_block(np.asarray(field[(slice(None), *own)]), m, fraction, seed, index)
+    release_memory()
+    return rows
+
+
+def _sample(field, mask, grid, total: int, size: int, seed: int, client, scheduler) -> np.ndarray:
+    """A sample of about ``size`` voxels (of ``mask``, which holds ``total``) of the Zarr array ``field``
+    ``(d + C, D, H, W)``, drawn across all chunks of ``grid``, each chunk's share in proportion to its voxels
+    (seeded by the chunk's index).
+
+    Each task reads its own chunk from the store, so at most one chunk per running task is in memory (a graph
+    over ``dask.array.from_zarr`` lets the scheduler load chunks ahead of the tasks that consume them)."""
     import dask
 
     fraction = min(1.0, size / max(total, 1))
-    fb = field.to_delayed()
-    mb = mask.to_delayed() if mask is not None else None
-    parts = [dask.delayed(_sample_block)(fb[(0, *i)], mb[i] if mb is not None else None, fraction, seed, i)
-             for i in np.ndindex(*fb.shape[1:])]
+    parts = [dask.delayed(_sample_task, pure=False)(field, mask, i, grid, fraction, seed)
+             for i in np.ndindex(*(len(g) for g in grid))]
     return np.concatenate(_compute(parts, client, scheduler), axis=0)
 
 
@@ -680,7 +692,6 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
         run(partial(_smooth_values, cfg=cfg, d=d), field, smooth, halo.smooth, "smooth")
         field = smooth
     seconds["embed"] = time.perf_counter() - t0
-    lazy = da.from_zarr(field).rechunk(((d + C,), *pchunks))
 
     total = math.prod(shape)
     n_sample = sample_size or cfg.kmeans_sample or 200_000
@@ -691,7 +702,7 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
         run(partial(_labels_region, lp=lp, cfg=cfg, d=d), field, dst, halo.potts, desc, mask=mask)
 
     def fit_on(mask, count: int, n_clusters: int, inside: bool) -> LevelParams:
-        rows = _sample(lazy, mask, count, n_sample, seed, client, scheduler)
+        rows = _sample(field, mask, pchunks, count, n_sample, seed, client, scheduler)
         if len(rows) < n_clusters:
             raise ValueError(f"the sample holds {len(rows)} voxel(s), fewer than the {n_clusters} clusters asked for")
         return fit_level_params(rows[:, :d], rows[:, d:], n_clusters, cfg, seed=seed, inside=inside)
@@ -712,8 +723,7 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
         fg_store = writer.create(2, zc)
         _compute(da.store(filled_foreground(two_d, background, client, scheduler), fg_store, lock=False,
                           compute=False), client, scheduler)
-        fg = da.from_zarr(fg_store).rechunk(pchunks) > 0
-        count = int(_compute(fg.sum(), client, scheduler))
+        count = int(_compute((da.from_zarr(fg_store).rechunk(pchunks) > 0).sum(), client, scheduler))
         say(f"level 2: foreground {count} of {total} voxels")
         for k in ks:
             if k == 2:
@@ -725,7 +735,7 @@ def segment_chunked(model: HyperVAE, raw, levels: Sequence[int], writer: LabelsW
                 raise ValueError(f"the foreground holds {count} voxel(s), fewer than the {k - 1} clusters asked for "
                                  "inside it; ask for fewer clusters or use hierarchy 'independent'")
             if k not in fitted:
-                fitted[k] = fit_on(fg, count, k - 1, True)
+                fitted[k] = fit_on(fg_store, count, k - 1, True)
             level_pass(fitted[k], arr, mask=fg_store, desc=f"level {k}")
     else:
         for k in ks:
