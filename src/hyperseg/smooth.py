@@ -30,6 +30,9 @@ from .geometry.poincare import MIN_NORM, klein_to_ball
 
 __all__ = ["smooth_embedding"]
 
+#: planes along D mapped from the Klein model back to the ball at a time (bounds the temporaries)
+SLAB = 8
+
 
 def _gaussian(field: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.gaussian_filter(field, sigma, mode="nearest")
@@ -59,5 +62,12 @@ def smooth_embedding(embedding: np.ndarray | torch.Tensor, sigma: float, latent:
     # the gyromidpoint's formula (geometry.poincare.gyromidpoint) with Gaussian weights over the grid
     lam = 2.0 / np.maximum(1.0 - c * np.einsum("...j,...j->...", x, x), MIN_NORM)  # (D, H, W)
     den = np.maximum(_gaussian(lam - 1.0, sigma), MIN_NORM)
-    klein = np.stack([_gaussian(lam * x[..., j], sigma) / den for j in range(d)], axis=-1)
-    return klein_to_ball(torch.from_numpy(klein), c).numpy()
+    klein = np.empty(x.shape, dtype=np.float64)  # filled channel by channel: no list of d grids beside it
+    for j in range(d):
+        np.divide(_gaussian(lam * x[..., j], sigma), den, out=klein[..., j])
+    del lam, den
+    # back to the ball slab by slab along D (elementwise per voxel, so the same numbers), in place: the
+    # temporaries are a slab's, not the grid's (the chunked smooth pass holds one region per task)
+    for a in range(0, klein.shape[0], SLAB):
+        klein[a:a + SLAB] = klein_to_ball(torch.from_numpy(klein[a:a + SLAB]), c).numpy()
+    return klein
