@@ -94,6 +94,43 @@ def test_bfloat16_training_runs_in_bfloat16_and_keeps_float32_weights(tmp_path):
     assert Config.load(tmp_path / "bf16" / "config.yaml").train_dtype == "bfloat16"
 
 
+def test_training_runs_channels_last_and_saves_contiguous_weights(tmp_path, monkeypatch):
+    """Every convolution of a training step sees channels-last input and weights (precision.TRAIN_MEMORY_FORMAT);
+    the saved weights are plain contiguous tensors that load back equal."""
+    import numpy as np
+    from conftest import TINY
+
+    from hyperseg.checkpoint import load_model
+    from hyperseg.data.synthetic import generate_volume
+    from hyperseg.train import train
+
+    seen = []
+
+    def record(module, args):
+        fmt = torch.channels_last_3d
+        seen.append((type(module).__name__, args[0].is_contiguous(memory_format=fmt),
+                     module.weight.is_contiguous(memory_format=fmt)))
+
+    original = HyperVAE.__init__
+
+    def hooked(self, cfg):
+        original(self, cfg)
+        for m in self.modules():
+            if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)) and m.weight.shape[2:] != (1, 1, 1):
+                m.register_forward_pre_hook(record)
+
+    monkeypatch.setattr(HyperVAE, "__init__", hooked)
+    one = generate_volume(np.random.default_rng(0), shape=(16, 16, 16))[0]
+    image = np.stack([one, one ** 2])  # two channels: one channel is channels-last in any layout
+    model = train(Config(**{**TINY, "in_channels": 2}), [image], tmp_path / "run", steps=2, progress=False)
+    assert {name for name, _, _ in seen} == {"Conv3d", "ConvTranspose3d"}
+    assert all(inp and weight for _, inp, weight in seen)
+    monkeypatch.setattr(HyperVAE, "__init__", original)
+    loaded = load_model(tmp_path / "run")
+    for k, v in loaded.state_dict().items():
+        assert v.is_contiguous() and torch.equal(v, model.state_dict()[k])
+
+
 @pytest.mark.parametrize("choice", ["auto", "float32", "bfloat16"])
 def test_segment_embed_dtype_option_sets_the_field(choice, capsys):
     from hyperseg.cli import build_parser

@@ -65,7 +65,7 @@ from .data.augment import jitter_intensity
 from .data.preprocess import normalize_for
 from .data.sampler import TripletSampler
 from .model import HyperVAE
-from .nn.precision import resolve_dtype
+from .nn.precision import TRAIN_MEMORY_FORMAT, resolve_dtype
 from .utils import atomic_write_text
 
 __all__ = ["train", "rank_seed", "prepare_volumes", "UNLIMITED_STEPS", "CHECKPOINT", "load_model",
@@ -278,7 +278,7 @@ def _setup(cfg: Config, arrays: Sequence[np.ndarray], run_dir: Path, device: tor
     """
     world = hdist.current()
     torch.manual_seed(cfg.seed)
-    model = HyperVAE(cfg).to(device)
+    model = HyperVAE(cfg).to(device, memory_format=TRAIN_MEMORY_FORMAT)
     gen = torch.Generator().manual_seed(rank_seed(cfg.seed, world.rank))
     if world.rank:
         torch.manual_seed(rank_seed(cfg.seed, world.rank))  # posterior samples differ across ranks too
@@ -351,7 +351,7 @@ def _train_step(run: _Run) -> _Outcome:
     cfg = run.cfg
     triplet = jitter_intensity(run.sampler.sample(cfg.batch_size, run.gen), cfg.intensity_offset,
                                cfg.intensity_gain, run.gen)
-    parent, pos, neg = (t.to(run.device) for t in triplet)
+    parent, pos, neg = (t.to(run.device, memory_format=TRAIN_MEMORY_FORMAT) for t in triplet)
     compute = resolve_dtype(cfg.train_dtype, run.device)
     with torch.autocast(run.device.type, dtype=compute, enabled=compute != torch.float32):
         loss, stats = run.objective(parent, pos, neg)
