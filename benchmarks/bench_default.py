@@ -184,6 +184,7 @@ def main() -> None:
     if args.peers:
         from hyperseg.comparison.peers import PEERS
 
+        skipped: dict[str, str] = {}
         for name, peer in PEERS.items():
             per = {lvl: [] for lvl in LEVELS}
             t = time.process_time()
@@ -192,8 +193,9 @@ def main() -> None:
                     img = read_volume(f).array[0]
                     for lvl, k in LEVELS.items():
                         per[lvl].append(_score(peer(img, k, (1.0, 1.0, 1.0), seed=0), truth[f][lvl], lvl))
-            except ImportError as err:
+            except (ImportError, RuntimeError) as err:  # not installed, or the peer failed on a volume
                 print(f"{name}: skipped ({err})")
+                skipped[name] = str(err).strip().splitlines()[-1]
                 continue
             rows.append({"row": name, "kind": "peer", "cases": len(files),
                          **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in per.items()},
@@ -217,6 +219,7 @@ def main() -> None:
     md = "\n".join(lines)
     print(md)
     _record.write(args.out, __file__, md, rows, runs=[str(r) for r in args.runs], data=str(args.data),
+                  **({"skipped_peers": skipped} if args.peers and skipped else {}),
                   score="Hungarian-matched mean Dice per level (hyperseg.metrics.dice_iou), mean over volumes, "
                         "then mean ± std over runs (seeds); class_dice_level*: each class's matched Dice, mean "
                         "over the volumes holding it and the runs")

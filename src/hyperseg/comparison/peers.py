@@ -90,12 +90,19 @@ def atropos(image: np.ndarray, n_classes: int, spacing: Sequence[float] = (1.0, 
 def atropos_n4(image: np.ndarray, n_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), seed: int = 0,
                mrf: str = "[0.2,1x1x1]", convergence: str = "[5,0]") -> np.ndarray:
     """N4 then Atropos: ``ants.n4_bias_field_correction(img, mask=get_mask(img))`` (ANTs' defaults), then
-    :func:`atropos` on the corrected image (its own ``get_mask``). ``seed`` is unused."""
+    :func:`atropos` on the corrected image (its own ``get_mask``). ``seed`` is unused.
+
+    N4 fits the field to log intensities, so a mask voxel at or below 0 (z-scored or synthetic data) would give
+    infinities: the image is then shifted to a minimum of 1 first, as one does before N4. The mask (voxels above
+    the mean) does not move with the shift; an MRI's mask is positive and its image is left as it is."""
     ants = _ants()
     _check_classes(n_classes, masked=True)
     x = _image(image).astype(np.float32)
     img = ants.from_numpy(x, spacing=tuple(float(s) for s in spacing))
-    corrected = ants.n4_bias_field_correction(img, mask=ants.get_mask(img))
+    mask = ants.get_mask(img)
+    if x[mask.numpy() > 0].min(initial=np.inf) <= 0:
+        img = ants.from_numpy(x - x.min() + 1.0, spacing=tuple(float(s) for s in spacing))
+    corrected = ants.n4_bias_field_correction(img, mask=mask)
     return atropos(corrected.numpy(), n_classes, spacing, seed=seed, mrf=mrf, convergence=convergence)
 
 
