@@ -197,8 +197,7 @@ def main() -> None:
                 print(f"{name}: skipped ({err})")
                 skipped[name] = str(err).strip().splitlines()[-1]
                 continue
-            rows.append({"row": name, "kind": "peer", "cases": len(files),
-                         **{f"dice_level{lvl}": round(float(np.mean(v)), 4) for lvl, v in per.items()},
+            rows.append({"row": name, "kind": "peer", "cases": len(files), **_summary([per], run_std=False),
                          "cpu_seconds_per_volume": round((time.process_time() - t) / len(files), 3)})
             print(f"{name} done", flush=True)
     lines = ["| row | level 1 | level 2 | level 3 | CPU s / volume | volumes in the intensity mask |",
