@@ -52,7 +52,13 @@ def test_inference_copy_leaves_the_model_in_float32():
     assert all(p.dtype == torch.bfloat16 for p in enc.body.parameters())
     assert enc.loc_head.weight.dtype == torch.float32  # the heads stay float32
     assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert inference_copy(model.encoder, torch.float32) is model.encoder
+    plain = inference_copy(model.encoder, torch.float32)  # on the CPU: a float32 copy, channels-last
+    assert plain is not model.encoder and all(p.dtype == torch.float32 for p in plain.parameters())
+    assert plain.body[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert model.encoder.body[0].weight.is_contiguous()  # the model itself keeps its layout
+    m = model.cfg.patch_edge
+    x = torch.randn(2, model.cfg.in_channels, m, m, m)
+    torch.testing.assert_close(plain(x), model.encoder(x), rtol=1e-5, atol=1e-6)  # the same numbers
 
 
 @pytest.mark.parametrize("latent,decoder", [("hyperbolic", "gyroplane"), ("euclidean", "linear")])
@@ -129,6 +135,8 @@ def test_training_runs_channels_last_and_saves_contiguous_weights(tmp_path, monk
     loaded = load_model(tmp_path / "run")
     for k, v in loaded.state_dict().items():
         assert v.is_contiguous() and torch.equal(v, model.state_dict()[k])
+    # the returned model is in the default layout too, as the loaded one
+    assert all(p.is_contiguous() for p in model.parameters())
 
 
 @pytest.mark.parametrize("choice", ["auto", "float32", "bfloat16"])

@@ -242,7 +242,9 @@ def train(
         if main:
             _flush_log(run_dir / LOG_FILE, run.log_lines)
             _write_run_json(run, run.status, run.seconds())
-    return run.model.eval()
+    # back to the default layout: the returned model is the one load_model gives (channels-last weights make
+    # the float32 dense pass convert every tile, and the bfloat16 copy is made channels-last on its own)
+    return run.model.to(memory_format=torch.contiguous_format).eval()
 
 
 def _read_resume(run_dir: Path, cfg: Config) -> _Resumed:
