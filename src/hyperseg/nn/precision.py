@@ -70,8 +70,8 @@ def inference_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     The 1x1x1 heads (``loc_head``, ``scale_head``) stay float32: they are cheap, and the latent location
     should not carry bfloat16's rounding (about 3 significant digits) into ``exp_0``.
     ``module`` itself is left untouched (training keeps float32 weights). In float32 on the CPU the copy is
-    only made channels-last (a 64^3 volume's dense pass: 7.3 to 5.6 s on 2 cores); on a GPU float32 returns
-    ``module`` itself.
+    only made channels-last (the dense pass 1.3-1.4x faster on 2 cores: benchmarks/results/dense_ab.json); on a
+    GPU float32 returns ``module`` itself.
     """
     if dtype == torch.float32 and next(module.parameters()).device.type != "cpu":
         return module
