@@ -235,7 +235,8 @@ def test_resume_refuses_a_crafted_resume_state(trained, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- converting an old run
 def write_legacy_run(new_run: Path, old_run: Path) -> None:
-    """``new_run`` in the legacy layout (commit d505928) as ``old_run``: a pickled model.pt, "sessions" in run.json."""
+    """``new_run`` in the legacy layout (commit d505928) as ``old_run``: a pickled model.pt, and a run.json without
+    ``invocations`` (the history of such a run starts again at its conversion)."""
     s = read_checkpoint(new_run)
     old_run.mkdir()
     torch.save({"config": s["config"].to_dict(), "model": s["model"], "optimizer": s["optimizer"],
@@ -243,7 +244,7 @@ def write_legacy_run(new_run: Path, old_run: Path) -> None:
                 "skipped_steps": s["skipped_steps"], "world_size": s["world_size"], "seconds": s["seconds"]},
                old_run / "model.pt")
     info = json.loads((new_run / "run.json").read_text())
-    info["sessions"] = info.pop("invocations")
+    del info["invocations"]  # the old format kept that list under a key this version does not read
     (old_run / "run.json").write_text(json.dumps(info))
     for name in ("config.yaml", "log.jsonl"):
         shutil.copy(new_run / name, old_run / name)
@@ -268,8 +269,8 @@ def test_a_converted_old_run_resumes_to_the_same_weights_and_labels(trained, tmp
     crop = image[:, :16, :16, :16]
     la, lb = (segment_array(m, crop, [2, 3], seed=0).labels for m in (straight, resumed))
     assert all(np.array_equal(la[k], lb[k]) for k in (2, 3))
-    info = json.loads((old / "run.json").read_text())  # the old "sessions" carry on as "invocations"
-    assert [i["from_step"] for i in info["invocations"]] == [0, 2] and "sessions" not in info
+    info = json.loads((old / "run.json").read_text())  # the old list is not read: only the resumed invocation
+    assert [i["from_step"] for i in info["invocations"]] == [2]
     assert main(["convert-checkpoint", str(old)]) == 2  # already converted
     one_error_line(capsys, old / "model.safetensors")
 

@@ -171,7 +171,7 @@ def test_a_dataset_highpass_and_configuration_reach_every_row(tmp_path):
 
 def test_triplet_settings_reach_only_the_rows_with_a_triplet_loss(tmp_path):
     # the intensity offset shapes what the triplet loss can match; a row without that loss
-    # trains without it (BENCHMARKS.md, session 9), while settings for every row reach both
+    # trains without it (BENCHMARKS.md, "What was tried": offsets on rows without a triplet loss), while settings for every row reach both
     profile = Profile("tiny", steps=1, n_train=1, n_test=1, seeds=(0,), size=24, datasets=("irregular",),
                       config=TINY, dataset_config={"irregular": {"intensity_gain": 0.1}},
                       triplet_config={"irregular": {"intensity_offset": 0.7}}, threads=1)

@@ -380,17 +380,13 @@ def config_changes(old: Config, new: Config, ignore: Sequence[str] = RESUMABLE_C
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in ignore and a[k] != b[k]]
 
 
-#: Key of the per-invocation list in ``run.json`` files written with the pickled checkpoint format.
-LEGACY_INVOCATIONS_KEY = "sessions"
-
-
 def read_run_info(run: str | Path) -> dict[str, Any]:
     """The JSON object ``run.json`` of a run folder (``{}`` when there is none).
 
     Checked as data: the file must hold a JSON object whose ``input`` is a
-    string or null and whose ``invocations`` (or the list under
-    :data:`LEGACY_INVOCATIONS_KEY`, in run folders of the pickled format) is a
-    list of objects; it is returned under ``invocations``.
+    string or null and whose ``invocations`` (``[]`` when absent, as in run
+    folders of the pickled format, whose list under another key is not read) is a
+    list of objects.
     """
     path = _run_folder(run) / RUN_FILE
     if not path.is_file():
@@ -401,7 +397,7 @@ def read_run_info(run: str | Path) -> dict[str, Any]:
             raise ValueError("not a JSON object")
         if not isinstance(info.get("input"), (str, type(None))):
             raise ValueError("'input' is not a path")
-        invocations = info.get("invocations", info.pop(LEGACY_INVOCATIONS_KEY, []))
+        invocations = info.get("invocations", [])
         if not isinstance(invocations, list) or not all(isinstance(i, dict) for i in invocations):
             raise ValueError("'invocations' is not a list of objects")
         info["invocations"] = invocations
