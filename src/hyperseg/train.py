@@ -242,8 +242,8 @@ def train(
         if main:
             _flush_log(run_dir / LOG_FILE, run.log_lines)
             _write_run_json(run, run.status, run.seconds())
-    # back to the default layout: the returned model is the one load_model gives (channels-last weights make
-    # the float32 dense pass convert every tile, and the bfloat16 copy is made channels-last on its own)
+    # back to the default layout, so that the returned model is the one load_model gives (the dense pass makes
+    # its own channels-last copy: precision.inference_copy)
     return run.model.to(memory_format=torch.contiguous_format).eval()
 
 
