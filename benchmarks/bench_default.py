@@ -21,6 +21,7 @@ validation split; score the test split once per configuration.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=None, help="only the first N volumes")
     ap.add_argument("--cache", type=Path, default=None, help="folder for the embeddings (read when there)")
     ap.add_argument("--stages", nargs="*", default=None, help=f"stages to run (default all): {list(STAGES)}")
+    ap.add_argument("--stage", action="append", default=[], metavar="NAME=JSON",
+                    help='an extra stage, Config fields as JSON, e.g. \'finer levels by the mixture={"clustering": '
+                         '"mixture"}\' (repeatable; runs after --stages)')
     ap.add_argument("--paper-runs", type=Path, nargs="*", default=[],
                     help="runs trained with --preset paper: a row segmented with the paper's stage")
     ap.add_argument("--peers", action="store_true", help="also the peer rows (comparison/peers.py)")
@@ -129,6 +133,15 @@ def main() -> None:
     torch.set_num_threads(1)
     files = sorted(args.data.glob("case*.nii.gz"))[: args.cases]
     stages = list(STAGES) if args.stages is None else args.stages
+    for spec in args.stage:
+        name, sep, fields = spec.partition("=")
+        if not sep or not name.strip():
+            ap.error(f"--stage {spec!r}: write NAME=JSON")
+        try:
+            STAGES[name.strip()] = json.loads(fields)
+        except json.JSONDecodeError as err:
+            ap.error(f"--stage {name!r}: its fields are not JSON ({err})")
+        stages.append(name.strip())
     scores = {s: [] for s in stages}  # per run: {level: [dice per volume]}
     cpu = {s: 0.0 for s in stages}
     masked = {s: 0 for s in stages}  # volumes whose foreground was the intensity mask (foreground auto/threshold)

@@ -77,6 +77,8 @@ HYPERSEG = "hyperseg default"
 HYPERSEG_ROWS: dict[str, dict] = {
     HYPERSEG: {},
     "hyperseg default, intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
+    "hyperseg default, embedding weight 0.15 at every voxel size": {
+        "masked_stage": {**Config().masked_stage, "embedding_weight_mm": 0.0}},
     "hyperseg default, Euclidean model": {"latent": "euclidean", "decoder_input": "linear"},
     "hyperseg default, trained in bfloat16": {"train_dtype": "bfloat16"},
     "hyperseg default, no bias field": {"masked_stage": {**Config().masked_stage, "bias_fwhm": 0.0}},

@@ -165,6 +165,41 @@ def test_hmrf_em_starts_where_refine_init_says():
         Config(refine_init="random")
 
 
+def test_the_embedding_weight_of_the_em_follows_the_voxel_edge():
+    from hyperseg.segment import hmrf_embedding_weight
+
+    cfg = Config(refine="hmrf_em", embedding_weight=0.15, embedding_weight_mm=2.0)
+    # full weight at and above 2 mm, in proportion to the voxel edge below
+    for voxel, want in ((4.0, 0.15), (2.0, 0.15), (1.0, 0.075), (0.5, 0.0375)):
+        assert hmrf_embedding_weight(cfg, voxel) == pytest.approx(want, rel=1e-12), voxel
+    # 0 mm: the same weight at every voxel size (the field's default; the masked stage sets 2 mm)
+    assert Config().embedding_weight_mm == 0.0 and Config().masked_config().embedding_weight_mm == 2.0
+    for voxel in (0.3, 1.0, 5.0):
+        assert hmrf_embedding_weight(cfg.replace(embedding_weight_mm=0.0), voxel) == 0.15
+
+
+def test_the_em_gets_the_weight_of_its_voxel_edge(monkeypatch):
+    import hyperseg.segment as S
+
+    raw, emb, region = _ball_scene(object_brighter=True)
+    values = ((raw - raw.mean()) / raw.std()).reshape(1, -1).T
+    points = emb.reshape(-1, 2).astype(np.float64)
+    seen = []
+
+    def spy(*args, embedding_weight, **kwargs):
+        seen.append(embedding_weight)
+        return np.zeros(len(points), np.int64)
+
+    monkeypatch.setattr(S, "hmrf_em", spy)
+    cfg = Config(latent_dim=2, kmeans_n_init=2, refine="hmrf_em", embedding_weight=0.2, embedding_weight_mm=2.0,
+                 intensity_weight=1.0, refine_iter=1)
+    fit = S.fit_level(points, 3, cfg)
+    for init in ("clusters", "intensity"):  # both starts of the EM
+        S.regularise_level(points, fit, cfg.replace(refine_init=init), region.shape, values, voxel_size=1.0)
+        S.regularise_level(points, fit, cfg.replace(refine_init=init), region.shape, values, voxel_size=3.0)
+    assert seen == pytest.approx([0.1, 0.2, 0.1, 0.2])
+
+
 def test_the_mri_preset_is_the_masked_stage_on_every_volume():
     mri, masked = Config.from_preset("mri"), Config().masked_config()
     for name in ("hierarchy", "foreground", *Config().masked_stage):

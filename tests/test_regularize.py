@@ -241,6 +241,7 @@ def test_hmrf_em_moves_a_wrong_start_to_the_intensity_boundary_and_the_embedding
 @pytest.mark.parametrize("bad, match", [
     (dict(refine="gibbs"), "refine must be one of once, hmrf_em"),
     (dict(embedding_weight=-1.0), "embedding_weight must be >= 0"),
+    (dict(embedding_weight_mm=-2.0), "embedding_weight_mm must be >= 0 mm"),
     (dict(refine_iter=0), "refine_iter must be an integer >= 1"),
     (dict(foreground="otsu"), "foreground must be one of split, threshold"),
     (dict(refine="hmrf_em", embedding_weight=0.0, intensity_weight=0.0), "needs embedding_weight or"),

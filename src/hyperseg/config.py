@@ -38,8 +38,8 @@ REFINE_INITS = ("clusters", "intensity")
 #: the mask, with the stage of ``masked_stage``, where the two agree; segment.py).
 FOREGROUNDS = ("split", "threshold", "auto")
 #: Segmentation fields ``Config.masked_stage`` may set: the refinement of the levels inside an intensity mask.
-MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "intensity_weight", "potts_beta", "potts_method",
-                       "potts_iter", "refine_iter", "bias_fwhm")
+MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "embedding_weight_mm", "intensity_weight",
+                       "potts_beta", "potts_method", "potts_iter", "refine_iter", "bias_fwhm")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 #: What the convolutions run in (``embed_dtype``, ``train_dtype``; nn/precision.py): "auto" is bfloat16 where the
@@ -172,13 +172,15 @@ class Config:
     foreground: str = "auto"
     foreground_agreement: float = 0.9
     # the refinement fields used inside the intensity mask when foreground "auto" picks it (FSL FAST's recipe:
-    # hidden-MRF EM from k-means on intensity, led by intensity, the embedding's log-likelihood at weight 0.15; chosen
-    # on Colin27 at 4 noise / bias settings and 3 and 4 clusters: 0.1 / 0.15 / 0.2 / 0.3 gave mean GM-level Dice
-    # 0.738 / 0.746 / 0.746 / 0.717 at 3 clusters, 0.15 keeps away from where the embedding takes over the EM);
-    # keys from MASKED_STAGE_FIELDS
+    # hidden-MRF EM from k-means on intensity, led by intensity, the embedding's log-likelihood at weight 0.15 on
+    # 2 mm voxels and in proportion to the voxel edge below (embedding_weight_mm 2: 0.075 at 1 mm). Chosen on
+    # Colin27: at 2 mm (4 noise / bias settings, 3 and 4 clusters) 0.1 / 0.15 / 0.2 / 0.3 gave mean GM-level Dice
+    # 0.738 / 0.746 / 0.746 / 0.717 at 3 clusters, 0.15 keeps away from where the embedding takes over the EM; at
+    # 1 mm (3 % and 9 % noise) 0.15 lost to 0.075 at 3 clusters by 0.012 and 0.002 (BENCHMARKS.md, "The masked
+    # stage's embedding weight"); keys from MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
-        "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.15, "intensity_weight": 1.0,
-        "potts_beta": 1.0, "bias_fwhm": 20.0})
+        "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.15, "embedding_weight_mm": 2.0,
+        "intensity_weight": 1.0, "potts_beta": 1.0, "bias_fwhm": 20.0})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -211,6 +213,11 @@ class Config:
     # step mean field with potts_beta, refine_iter iterations (regularize.py; the "mri" preset)
     refine: str = "once"
     embedding_weight: float = 1.0
+    # hmrf_em only: the voxel edge (mm) at and above which embedding_weight applies in full; on a finer grid the
+    # weight is embedding_weight x voxel edge / embedding_weight_mm, as the share of voxels that straddle a tissue
+    # boundary (where the intensity is ambiguous and the patch's context decides) shrinks with the voxel edge;
+    # 0 = the same weight at every voxel size (segment.hmrf_embedding_weight; the masked stage sets 2 mm)
+    embedding_weight_mm: float = 0.0
     refine_iter: int = 8
     # where hmrf_em starts: "clusters", the level's clustering of the embedding; "intensity", k-means on the
     # voxels' normalised intensities (FSL FAST's start; the masked stage's). From the clustering of the embedding
@@ -339,6 +346,8 @@ class Config:
         need(self.refine in REFINE_METHODS, f"refine must be one of {', '.join(REFINE_METHODS)}, got {self.refine!r}")
         need(self.embedding_weight >= 0, f"embedding_weight must be >= 0 (0 = intensities only), "
              f"got {self.embedding_weight}")
+        need(self.embedding_weight_mm >= 0, f"embedding_weight_mm must be >= 0 mm (0 = the same embedding weight at "
+             f"every voxel size), got {self.embedding_weight_mm}")
         need(self.refine_init in REFINE_INITS,
              f"refine_init must be one of {', '.join(REFINE_INITS)}, got {self.refine_init!r}")
         need(self.bias_fwhm >= 0, f"bias_fwhm must be >= 0 mm (0 = no bias field), got {self.bias_fwhm}")

@@ -143,6 +143,17 @@ def bias_sigma_voxels(cfg: Config, voxel_size: float) -> float:
     return cfg.bias_fwhm / FWHM_PER_SIGMA / voxel_size
 
 
+def hmrf_embedding_weight(cfg: Config, voxel_size: float) -> float:
+    """The embedding's weight in hidden-MRF EM on a grid of ``voxel_size`` mm voxels:
+    ``w = embedding_weight x min(1, voxel_size / embedding_weight_mm)``, or ``embedding_weight`` when
+    ``embedding_weight_mm`` is 0. A voxel straddling a boundary mixes the classes' intensities (partial volume),
+    and the patch's context is what tells it apart; the share of such voxels grows with the voxel edge, so on a
+    finer grid the voxel's own intensity leads more."""
+    if cfg.embedding_weight_mm <= 0:
+        return cfg.embedding_weight
+    return cfg.embedding_weight * min(1.0, voxel_size / cfg.embedding_weight_mm)
+
+
 def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tuple[int, int, int],
                      intensities: np.ndarray | None = None, mask: np.ndarray | None = None,
                      voxel_size: float = 1.0) -> np.ndarray:
@@ -156,14 +167,15 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
     is 0; both off: ``fit.labels`` unchanged. ``cfg.refine == "hmrf_em"``:
     :func:`~hyperseg.regularize.hmrf_em` from ``fit.labels`` (``cfg.refine_init == "clusters"``) or from
     :func:`~hyperseg.regularize.intensity_kmeans` of the intensities (``"intensity"``), with the bias field of
-    ``cfg.bias_fwhm`` mm on a grid of ``voxel_size`` mm voxels.
+    ``cfg.bias_fwhm`` mm and the embedding weight of :func:`hmrf_embedding_weight` on a grid of ``voxel_size`` mm
+    voxels.
     """
     K = len(fit.centres)
     if cfg.refine == "hmrf_em":
         if cfg.refine_init == "intensity":
             return _hmrf_from_intensity(points, intensities, K, cfg, shape, mask, voxel_size)
         return hmrf_em(points, intensities, fit.labels, K, shape, cfg.potts_beta,
-                       embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
+                       embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
                        n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
                        bias_sigma=bias_sigma_voxels(cfg, voxel_size))
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
@@ -186,7 +198,7 @@ def _hmrf_from_intensity(points: np.ndarray, intensities: np.ndarray | None, n_c
     if intensities is None:
         raise ValueError("segment: refine_init 'intensity' needs the voxels' intensities; pass intensities=")
     return hmrf_em(points, intensities, intensity_kmeans(intensities, n_clusters), n_clusters, shape, cfg.potts_beta,
-                   embedding_weight=cfg.embedding_weight, intensity_weight=cfg.intensity_weight,
+                   embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
                    n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
                    bias_sigma=bias_sigma_voxels(cfg, voxel_size))
 
