@@ -38,6 +38,40 @@ def test_mask_agreement_is_the_dice_of_the_two_foregrounds():
     assert mask_agreement(np.zeros(5, bool), np.zeros(5, bool)) == 1.0
 
 
+def _sphere(shape, centre, radius):
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius ** 2
+
+
+def test_mask_agreement_leaves_out_a_band_around_the_mask_surface():
+    from scipy import ndimage as ndi
+
+    from hyperseg.segment import split_reach
+
+    shape = (40, 40, 40)
+    mask = _sphere(shape, (20, 20, 20), 10)
+    # the split as the embedding draws it on a zero background: the object dilated by 3 voxels
+    blurred = ndi.binary_dilation(mask, iterations=3)
+    assert mask_agreement(mask.ravel(), blurred.ravel()) < 0.8  # plain Dice: they "disagree"
+    assert mask_agreement(mask.ravel(), blurred.ravel(), shape, band=3) == 1.0
+    # a band is no excuse for a split that is another object: an offset sphere still disagrees
+    other = _sphere(shape, (20, 20, 30), 10)
+    assert mask_agreement(mask.ravel(), other.ravel(), shape, band=3) < 0.6
+    # counted outside the band, by hand
+    keep = ~(ndi.binary_dilation(mask, iterations=2) & ~ndi.binary_erosion(mask, iterations=2))
+    a, b = mask[keep], other[keep]
+    assert mask_agreement(mask.ravel(), other.ravel(), shape, band=2) == pytest.approx(
+        2 * (a & b).sum() / (a.sum() + b.sum()))
+    # a mask the band swallows whole falls back to the plain Dice instead of agreeing by default
+    speck = _sphere(shape, (5, 5, 5), 1)
+    far = _sphere(shape, (6, 6, 6), 1)
+    assert mask_agreement(speck.ravel(), far.ravel(), shape, band=4) == mask_agreement(speck.ravel(), far.ravel())
+    with pytest.raises(ValueError, match="needs the grid's shape"):
+        mask_agreement(mask.ravel(), blurred.ravel(), band=2)
+    # the band is the embedding's reach: half a patch plus the smoothing
+    assert split_reach(Config()) == 4 and split_reach(Config(embed_patch_edge=7, smooth_sigma=0.0)) == 3
+
+
 def test_a_bright_object_on_a_dark_background_is_segmented_inside_the_mask_with_the_masked_stage():
     raw, emb, region = _ball_scene(object_brighter=True)
     cfg = Config(latent_dim=2, kmeans_n_init=2)
@@ -74,8 +108,10 @@ def test_where_the_mask_is_something_else_the_split_and_the_default_refinement_a
 
 def test_the_agreement_threshold_decides():
     raw, emb, _ = _ball_scene(object_brighter=True)
-    base = Config(latent_dim=2, kmeans_n_init=2)
+    # no band (a 1-voxel patch, no smoothing): the two differ at the rim, so the agreement is below 1
+    base = Config(latent_dim=2, kmeans_n_init=2, embed_patch_edge=1, smooth_sigma=0.0)
     seg = _segment(base, raw, emb)
+    assert seg.agreement < 1.0
     assert _segment(base.replace(foreground_agreement=seg.agreement), raw, emb).foreground == "mask"
     assert _segment(base.replace(foreground_agreement=min(1.0, seg.agreement + 1e-6)), raw, emb).foreground == "split"
 
