@@ -441,7 +441,7 @@ def test_segment_says_which_foreground_each_case_was_clustered_in(run, tmp_path,
     import re
 
     found = re.search(r"bright: (tissue classes inside the automatic intensity mask|classes inside the 2-cluster "
-                      r"split)\D*Dice (\d\.\d+)", said)
+                      r"split)[^\n]*?Dice (\d\.\d+)", said)
     assert found, said
     in_mask = found.group(1).startswith("tissue")
     assert in_mask == (float(found.group(2)) >= 0.9)  # the run's foreground_agreement decides, and is reported

@@ -164,11 +164,13 @@ class Config:
     # the foreground of hierarchy "foreground": "split", the 2-cluster level (the border cluster where it
     # touches the border is background); "threshold", the automatic intensity mask of ANTs' get_mask
     # (voxels above the mean, opened, largest component, holes filled: data/masks.py; the "mri" preset);
-    # "auto" (default): the mask where it agrees with the split (Dice >= foreground_agreement: an object brighter
+    # "auto" (default): the mask where it agrees with the split (Dice >= foreground_agreement outside a band of the
+    # embedding's reach around the mask's surface, segment.mask_agreement: an object brighter
     # than its background, as a brain in a T1 scan), its levels then refined with masked_stage's fields on top,
     # else the split with this configuration's own refinement. Chosen on Colin27 and the synthetic validation
-    # volumes (BENCHMARKS.md): the mask and the split agree to 0.969-0.994 on Colin27, to at most 0.675 on the
-    # synthetic cells (benchmarks/results/mri_colin27.json, foreground_agreement_simple_val.json)
+    # volumes (BENCHMARKS.md): outside the band the mask and the split agree to 0.965 (clean 1 mm) and 0.999-1.000
+    # (degraded) on Colin27, to at most 0.334 on the synthetic cells' validation volumes (over the whole grid:
+    # 0.893, 0.969-0.994 and 0.675; benchmarks/results/mri_colin27*.json, foreground_agreement_simple_val.json)
     foreground: str = "auto"
     foreground_agreement: float = 0.9
     # the refinement fields used inside the intensity mask when foreground "auto" picks it (FSL FAST's recipe:

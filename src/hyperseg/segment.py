@@ -33,7 +33,7 @@ two agree, the volume holds an object brighter than its background (a brain
 in a T1 scan): tissue classes there follow intensity, and the mask, unlike
 the split, leaves out the partial-volume rim at the object's edge. Where the
 background is not the darkest class (the synthetic cells: agreement at most
-0.675 on their validation volumes, against 0.969-0.994 on Colin27) the mask is
+0.334 on their validation volumes, against 0.965-1.000 on Colin27) the mask is
 something else, and the split is used.
 
 With ``Config.intensity_weight`` or ``Config.potts_beta`` above 0 (the
