@@ -168,7 +168,7 @@ class Config:
     # embedding's reach around the mask's surface, segment.mask_agreement: an object brighter
     # than its background, as a brain in a T1 scan), its levels then refined with masked_stage's fields on top,
     # else the split with this configuration's own refinement. Chosen on Colin27 and the synthetic validation
-    # volumes (BENCHMARKS.md): outside the band the mask and the split agree to 0.965 (clean 1 mm) and 0.999-1.000
+    # volumes (BENCHMARKS.md): outside the band the mask and the split agree to 0.965 (clean 1 mm) and 0.998-1.000
     # (degraded) on Colin27, to at most 0.334 on the synthetic cells' validation volumes (over the whole grid:
     # 0.893, 0.969-0.994 and 0.675; benchmarks/results/mri_colin27*.json, foreground_agreement_simple_val.json)
     foreground: str = "auto"
