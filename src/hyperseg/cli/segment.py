@@ -368,10 +368,12 @@ def _foreground_note(info: dict) -> str:
     """One phrase on the foreground a case was clustered in (``info`` from :func:`hyperseg.pipeline.segment_case`)."""
     agreement = info.get("agreement")
     if info.get("foreground") == "mask":
-        why = "" if agreement is None else f", agreeing with the 2-cluster split (Dice {agreement:.3f})"
+        why = "" if agreement is None else (f", agreeing with the 2-cluster split (Dice {agreement:.3f} away from the "
+                                            "mask's edge)")
         return f"tissue classes inside the automatic intensity mask{why}"
     if info.get("foreground") == "split" and agreement is not None:
-        return f"classes inside the 2-cluster split (the intensity mask agrees only to Dice {agreement:.3f})"
+        return (f"classes inside the 2-cluster split (the intensity mask agrees only to Dice {agreement:.3f} away "
+                "from its edge)")
     return ""
 
 
