@@ -30,7 +30,7 @@ import torch
 
 import _record
 from hyperseg.checkpoint import load_model
-from hyperseg.config import PRESETS_DIR, Config
+from hyperseg.config import MASKED_STAGE_FIELDS, PRESETS_DIR, Config
 from hyperseg.data.io import read_labels, read_volume
 from hyperseg.data.preprocess import normalize_for
 from hyperseg.embed import embed_volume
@@ -84,9 +84,8 @@ def _summary(per_run: list[dict[int, list[np.ndarray]]], run_std: bool = True) -
 
 
 #: segmentation-stage fields a stage may set; the rest come from the run
-STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering", "smooth_sigma", "level_smooth_sigma",
-                "intensity_weight", "potts_beta", "potts_method", "potts_iter", "refine", "refine_init", "embedding_weight", "bias_fwhm",
-                "refine_iter")
+STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering",
+                "smooth_sigma", "level_smooth_sigma", *MASKED_STAGE_FIELDS)
 
 
 def stage_config(run_cfg: Config, spec: dict) -> Config:
@@ -133,12 +132,13 @@ def main() -> None:
     torch.set_num_threads(1)
     files = sorted(args.data.glob("case*.nii.gz"))[: args.cases]
     stages = list(STAGES) if args.stages is None else args.stages
+    specs = dict(STAGES)  # the named stages and those of --stage
     for spec in args.stage:
         name, sep, fields = spec.partition("=")
         if not sep or not name.strip():
             ap.error(f"--stage {spec!r}: write NAME=JSON")
         try:
-            STAGES[name.strip()] = json.loads(fields)
+            specs[name.strip()] = json.loads(fields)
         except json.JSONDecodeError as err:
             ap.error(f"--stage {name!r}: its fields are not JSON ({err})")
         stages.append(name.strip())
@@ -156,7 +156,7 @@ def main() -> None:
             x = normalize_for(model.cfg, raw, None)
             emb = _embedding(model, f, x, args.cache, f"run{i}")
             for s in stages:
-                cfg = stage_config(model.cfg, STAGES[s])
+                cfg = stage_config(model.cfg, specs[s])
                 t = time.process_time()
                 seg = segment_embedding(cfg, emb, x, list(LEVELS.values()), seed=0, array=raw)
                 cpu[s] += time.process_time() - t
@@ -188,7 +188,7 @@ def main() -> None:
                      "config": {"preset": "paper"}, "n_runs": len(args.paper_runs), "cases": len(files),
                      **_summary(per_run), "cpu_seconds_per_volume": None})
     for s in stages:
-        rows.append({"row": s, "kind": "hyperseg", "config": STAGES[s], "n_runs": len(args.runs), "cases": len(files),
+        rows.append({"row": s, "kind": "hyperseg", "config": specs[s], "n_runs": len(args.runs), "cases": len(files),
                      **_summary(scores[s]),
                      "cpu_seconds_per_volume": round(cpu[s] / (len(files) * len(args.runs)), 3),
                      "volumes_in_intensity_mask": masked[s], "volumes_scored": len(files) * len(args.runs),

@@ -70,6 +70,8 @@ def test_mask_agreement_leaves_out_a_band_around_the_mask_surface():
         mask_agreement(mask.ravel(), blurred.ravel(), band=2)
     # the band is the embedding's reach: half a patch plus the smoothing
     assert split_reach(Config()) == 4 and split_reach(Config(embed_patch_edge=7, smooth_sigma=0.0)) == 3
+    # the split is the 2-cluster level, smoothed with that level's own sigma where one is set
+    assert split_reach(Config(level_smooth_sigma={2: 4.0, 4: 1.0})) == 6
 
 
 def test_a_bright_object_on_a_dark_background_is_segmented_inside_the_mask_with_the_masked_stage():

@@ -254,8 +254,9 @@ def mask_agreement(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, i
 
 def split_reach(cfg: Config) -> int:
     """How far (voxels) the embedding's 2-cluster split can reach past an object's edge: the patch's half-width
-    plus the smoothing's standard deviation, ``embed_patch_edge // 2 + ceil(smooth_sigma)`` (4 by default)."""
-    return int(cfg.embed_patch_edge) // 2 + int(np.ceil(cfg.smooth_sigma))
+    plus the standard deviation of the 2-cluster level's smoothing (``level_smooth_sigma[2]``, else
+    ``smooth_sigma``), ``embed_patch_edge // 2 + ceil(sigma)`` (4 by default)."""
+    return int(cfg.embed_patch_edge) // 2 + int(np.ceil(cfg.level_smooth_sigma.get(2, cfg.smooth_sigma)))
 
 
 def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config,
