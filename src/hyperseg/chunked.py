@@ -58,6 +58,8 @@ by :func:`segment_chunked`), the chunked labels equal those of
 convolutions over blocks of other sizes, which the tests have not seen flip a label).
 
 What the chunked stage does not do (it refuses, or says what it does instead):
+it clusters each finer level into its own number of clusters (``overcluster: 1``): merging interleaved
+clusters (:mod:`hyperseg.interleave`) reads the interface areas of the whole level;
 ``foreground: auto`` (the default) uses the 2-cluster split, i.e. ``split``: the
 intensity mask of ``auto`` and ``threshold`` (:func:`hyperseg.data.masks.auto_mask`)
 and FAST's masked stage it leads to are not run chunk by chunk, and ``threshold`` is
@@ -223,6 +225,7 @@ def check_config(cfg: Config) -> Config:
     if bad:
         raise ValueError("chunked segmentation cannot run " + "; ".join(bad) + "; change these settings, or "
                          "segment in memory (--in-memory) if the volume fits")
+    cfg = cfg.replace(overcluster=1)  # merging needs the whole level's interface areas (module docstring)
     return cfg.replace(foreground="split") if cfg.foreground == "auto" else cfg
 
 

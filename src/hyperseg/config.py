@@ -204,6 +204,12 @@ class Config:
     # agglomerative) do not apply it or potts_beta, and refuse values other than 0 and the default.
     # Validation Dice per weight: benchmarks/results/segment_options_simple_val.json
     intensity_weight: float = 6.0
+    # hierarchy "foreground" with refine "once": each finer level's K - 1 classes are first clustered and refined as
+    # overcluster x (K - 1) clusters, then the most interleaved pairs of clusters are merged until K - 1 are left
+    # (interleave.py): the pieces a large, varied class is cut into meet along far more surface than distinct
+    # structures do. 1 = off. Other hierarchies and refine "hmrf_em" (the masked stage) do not apply the default
+    # and refuse other values. Chosen on the synthetic validation volumes (BENCHMARKS.md)
+    overcluster: int = 2
     # Potts prior on the clustering's log-likelihoods (and the intensity term): coupling in nats per
     # disagreeing 6-neighbour, 0 = off (not with tree hierarchies); potts_method: "icm" or "mean_field",
     # potts_iter: its sweeps (regularize.py, potts.py)
@@ -334,6 +340,15 @@ class Config:
         need(self.hierarchy not in TREE_HIERARCHIES or unapplied,
              f"potts_beta and intensity_weight need hierarchy 'independent' or 'foreground' (they refine each "
              f"level's own clustering), got hierarchy {self.hierarchy!r}; set them to 0 or use another hierarchy")
+        need(isinstance(self.overcluster, int) and self.overcluster >= 1,
+             f"overcluster must be an integer >= 1 (1 = off), got {self.overcluster!r}")
+        need(self.overcluster in (1, defaults["overcluster"].default)
+             or (self.hierarchy == "foreground" and self.refine == "once"),
+             f"overcluster {self.overcluster} merges the finer levels' clusters of hierarchy 'foreground' with refine "
+             f"'once', got hierarchy {self.hierarchy!r} and refine {self.refine!r}; set overcluster: 1 or use those")
+        need(self.overcluster * (max(self.levels) - 1) < MAX_CLUSTERS,
+             f"overcluster {self.overcluster} x (largest level {max(self.levels)} - 1) must stay below "
+             f"{MAX_CLUSTERS} clusters; lower overcluster or the levels")
         need(self.foreground in FOREGROUNDS,
              f"foreground must be one of {', '.join(FOREGROUNDS)}, got {self.foreground!r}")
         need(0.0 <= self.foreground_agreement <= 1.0,

@@ -45,6 +45,12 @@ over the 6-neighbours (mean field or ICM), inside the foreground for its
 levels. ``Config.refine = "hmrf_em"`` replaces that one pass by hidden-MRF EM
 on the embedding and the intensities (the ``mri`` preset).
 
+With the one pass, each finer level of the foreground hierarchy is clustered and refined into
+``Config.overcluster`` times its clusters (default 2), then the pairs of clusters that interleave most are
+merged back (:mod:`hyperseg.interleave`): k-means cuts a large class that varies inside (the cells'
+cytoplasm) into pieces while smaller classes share a cluster, and those pieces meet along far more
+surface than distinct structures do.
+
 With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
 levels are cut from one k-means tree instead (:mod:`hyperseg.cluster.hierarchy`): every cluster of a
 finer level lies inside one cluster of each coarser level. Nested levels are
@@ -64,6 +70,7 @@ from .config import TREE_HIERARCHIES, Config
 from .data.masks import auto_mask
 from .data.preprocess import normalize_for
 from .embed import embed_volume
+from .interleave import merge_interleaved
 from .model import HyperVAE
 from .regularize import class_loglik, foreground_of, hmrf_em, intensity_kmeans, intensity_loglik, potts_labels
 from .smooth import smooth_embedding
@@ -272,7 +279,9 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
     :func:`~hyperseg.regularize.foreground_of` leaves (the border cluster where it touches the border),
     labelled 0, the foreground 1; a level ``K > 2`` is
     ``K - 1`` clusters of the foreground voxels, labelled ``1..K-1`` (0 outside), refined with the prior
-    inside the foreground only; ``K = 1`` is all 0. ``foreground`` ``(N,)`` bool, when given, is the
+    inside the foreground only (with ``cfg.overcluster > 1`` and ``refine: once``: ``overcluster x (K - 1)``
+    clusters refined, then merged to ``K - 1`` by :func:`~hyperseg.interleave.merge_interleaved`); ``K = 1`` is
+    all 0. ``foreground`` ``(N,)`` bool, when given, is the
     foreground instead of the 2-cluster level's (``Config.foreground = "threshold"``). ``voxel_size``: the grid's
     voxel edge in mm (the bias field's width, ``Config.bias_fwhm``).
     """
@@ -294,8 +303,17 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
                 raise ValueError(f"segment: the foreground holds {int(fg.sum())} voxel(s), fewer than the {k - 1} "
                                  "clusters asked for inside it; ask for fewer clusters or use hierarchy 'independent'")
             pts = fields[k][fg]
-            lab[fg] = level_labels(pts, k - 1, cfg, shape, values[fg], mask=fg, seed=seed, voxel_size=voxel_size) + 1
-            del pts
+            n_fit = k - 1
+            if cfg.overcluster > 1 and cfg.refine == "once":
+                n_fit = min(cfg.overcluster * (k - 1), int(fg.sum()))
+            inner = level_labels(pts, n_fit, cfg, shape, values[fg], mask=fg, seed=seed, voxel_size=voxel_size) + 1
+            if n_fit > k - 1:  # merge the most interleaved clusters back to K - 1 (interleave.py)
+                grid = np.zeros(N, dtype=np.int64)
+                grid[fg] = inner
+                inner = merge_interleaved(grid.reshape(shape), k - 1).reshape(-1)[fg]
+                del grid
+            lab[fg] = inner
+            del pts, inner
             release_memory()
         out[k] = lab
     return out
