@@ -448,3 +448,30 @@ def test_segment_says_which_foreground_each_case_was_clustered_in(run, tmp_path,
     assert main(["segment", "-m", str(run), "-i", str(src), "-o", str(tmp_path / "q"), "--foreground", "auto",
                  "-q"]) == 0
     assert "intensity mask" not in capsys.readouterr().out  # -q: nothing but the summary
+
+
+def test_overcluster_option_sets_the_field_and_is_checked(run, tmp_path, capsys, monkeypatch):
+    import hyperseg.segment as S
+
+    src = tmp_path / "a.npy"
+    np.save(src, blob((12, 10, 8), 6))
+    asked = []
+    real = S.level_labels
+
+    def spy(points, n_clusters, *args, **kwargs):
+        asked.append(n_clusters)
+        return real(points, n_clusters, *args, **kwargs)
+
+    monkeypatch.setattr(S, "level_labels", spy)
+    split = ("--foreground", "split", "--levels", "2", "3")
+    assert segment(run, src, tmp_path / "o3", *split, "--overcluster", "3") == 0
+    assert asked == [2, 6]  # the split, then 3 x (3 - 1) clusters inside it, merged back to 2
+    assert set(np.unique(np.load(tmp_path / "o3" / "a_k3.npy"))) <= {0, 1, 2}
+    asked.clear()
+    assert segment(run, src, tmp_path / "o1", *split, "--overcluster", "1") == 0
+    assert asked == [2, 2]
+    asked.clear()
+    # independent levels merge nothing: the run's over-clustering is dropped, not refused
+    assert segment(run, src, tmp_path / "i", "--levels", "3", "--hierarchy", "independent") == 0
+    assert segment(run, src, tmp_path / "bad", *split, "--overcluster", "3", "--refine", "hmrf_em") == 2
+    assert "refine 'once'" in capsys.readouterr().err

@@ -69,7 +69,8 @@ OPTION_FIELDS = {"levels": "levels", "patch_edge": "embed_patch_edge", "hierarch
                  "clustering": "clustering", "smooth": "smooth_sigma", "level_smooth": "level_smooth_sigma",
                  "level_clustering": "level_clustering", "intensity_weight": "intensity_weight",
                  "potts_beta": "potts_beta", "potts_method": "potts_method", "refine": "refine",
-                 "embedding_weight": "embedding_weight", "foreground": "foreground", "embed_dtype": "embed_dtype"}
+                 "embedding_weight": "embedding_weight", "foreground": "foreground", "embed_dtype": "embed_dtype",
+                 "overcluster": "overcluster"}
 
 
 def _level_value(kind: str, example: str, convert):
@@ -143,6 +144,10 @@ def add_parser(sub) -> None:
                    help="'once': the clustering's log-likelihoods plus the intensity term, one Potts pass; "
                         "'hmrf_em': hidden-MRF EM of a Gaussian per cluster on embedding and intensities "
                         "(the 'mri' preset)")
+    p.add_argument("--overcluster", type=int, metavar="N",
+                   help="cluster each finer level of the foreground hierarchy into N times its clusters, then merge "
+                        "the most interleaved pairs back (1 = off; default: the configuration's, 2 for new runs; "
+                        "not with --refine hmrf_em or the masked stage)")
     p.add_argument("--embedding-weight", type=float, metavar="W",
                    help="weight of the embedding in --refine hmrf_em (0 = intensities only)")
     p.add_argument("--output-format", type=_format_name, choices=OUTPUT_FORMAT_CHOICES, metavar="FORMAT",
@@ -199,7 +204,7 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
     if args.smooth is not None:
         changes["smooth_sigma"] = args.smooth
     for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight", "foreground",
-                   "embed_dtype"):
+                   "embed_dtype", "overcluster"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
     if changes.get("hierarchy") in TREE_HIERARCHIES:
@@ -207,6 +212,8 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
         changes.setdefault("intensity_weight", 0.0)
         changes.setdefault("potts_beta", 0.0)
         changes.setdefault("refine", "once")
+    if changes.get("hierarchy", "foreground") != "foreground" or changes.get("refine", "once") != "once":
+        changes.setdefault("overcluster", 1)  # nothing to merge: the run's over-clustering is dropped unless asked
     if args.level_smooth:
         changes["level_smooth_sigma"] = {**cfg.level_smooth_sigma, **dict(args.level_smooth)}
     if args.level_clustering:
