@@ -164,3 +164,8 @@ def test_overcluster_is_validated(changes, words):
 def test_the_default_overcluster_is_allowed_where_it_does_not_apply():
     assert Config(hierarchy="independent").overcluster == Config().overcluster == 2
     assert Config.from_preset("paper").overcluster == 1
+
+
+def test_a_larger_overcluster_leaves_the_masked_stage_alone():
+    cfg = Config(overcluster=3)  # the default masked stage is hidden-MRF EM, which over-clusters nothing
+    assert cfg.overcluster == 3 and cfg.masked_config().overcluster == 1

@@ -383,8 +383,9 @@ class Config:
     def masked_config(self) -> "Config":
         """This configuration with :attr:`masked_stage` on top and ``foreground: threshold``: the stage
         ``foreground: auto`` runs where it picks the intensity mask."""
-        # masked_stage {} in the result: it is applied, and checking it again would recurse
-        return dataclasses.replace(self, foreground="threshold", masked_stage={}, **self.masked_stage)
+        # masked_stage {} in the result: it is applied, and checking it again would recurse; its EM does not
+        # over-cluster (overcluster 1)
+        return dataclasses.replace(self, foreground="threshold", masked_stage={}, overcluster=1, **self.masked_stage)
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
