@@ -24,12 +24,14 @@ then the pair with the largest **interleaving** is merged, over and over, until 
 and ``|A|`` a cluster's number of voxels. With ``p = 2/3`` the denominator is (up to the factor
 ``(36 pi)^(1/3)``) the least surface a region of the smaller cluster's volume can have, so ``s`` would be the
 interface in units of that surface: small for a compact structure enclosed by the other, large for pieces that
-interleave. ``p = 1/2`` and ``2/3`` were compared on the synthetic validation volumes (seed-0 models, 20 volumes
-each): levels 2 / 3, simple 0.672 / 0.455 and 0.675 / 0.453, irregular 0.475 / 0.322 and 0.455 / 0.307 (without
-merging: 0.604 / 0.418 and 0.468 / 0.296); ``1/2`` was kept. After each merge the interface areas and sizes are
-updated by adding rows (no second pass over the grid).
+interleave. On the synthetic validation volumes (seed-0 models, 20 volumes each; levels 2 / 3) ``p = 1/2`` gave
+simple 0.672 / 0.455 and irregular 0.475 / 0.322, ``2/3`` 0.675 / 0.453 and 0.455 / 0.307; measured afterwards,
+0.4 gave 0.676 / 0.455 and 0.479 / 0.329 and 0.6 gave 0.675 / 0.454 and 0.464 / 0.313 (without merging: 0.604 /
+0.418 and 0.468 / 0.296; prototype script, output not kept). ``1/2`` was kept: 0.4 and 1/2 are within 0.007 of
+each other everywhere (a tie at this sample size), 0.6 and 2/3 lose up to 0.02 on the irregular volumes. After
+each merge the interface areas and sizes are updated by adding rows (no second pass over the grid).
 
-Label 0 (outside the foreground) takes no part: it is never merged and its faces are not counted.
+Label 0 (outside the foreground) takes no part: it is never merged, and its interfaces are never scored.
 Chosen on the synthetic validation volumes (BENCHMARKS.md); not in the paper.
 """
 from __future__ import annotations
