@@ -40,22 +40,24 @@ from hyperseg.segment import segment_embedding
 
 LEVELS = {1: 2, 2: 4, 3: 6}  # truth level -> clusters
 PAPER_STAGE = {"hierarchy": "independent", "clustering": "kmeans", "level_clustering": {}, "smooth_sigma": 0.0,
-               "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "overcluster": 1}
+               "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4}
 #: name -> Config fields on top of the run's (``"preset"``: a shipped preset's fields first)
 STAGES: dict[str, dict] = {
     "paper segmentation stage (k-means per level, no smoothing)": PAPER_STAGE,
     "+ smoothing sigma 2, k-medians at 2 clusters": {
-        "hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once"},
+        "hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "kmeans_n_init": 4},
     "+ finer levels inside the 2-cluster split": {"hierarchy": "foreground", "foreground": "split",
                                                   "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once",
-                                                  "overcluster": 1},
+                                                  "overcluster": 1, "kmeans_n_init": 4},
     "+ intensity term (weight 6)": {"hierarchy": "foreground", "foreground": "split", "intensity_weight": 6.0,
-                                    "potts_beta": 0.0, "refine": "once", "overcluster": 1},
+                                    "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4},
     "+ Potts prior (beta 4, mean field)": {"hierarchy": "foreground", "foreground": "split", "intensity_weight": 6.0,
-                                           "potts_beta": 4.0, "refine": "once", "overcluster": 1},
+                                           "potts_beta": 4.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4},
     "+ intensity mask and FAST's recipe where it agrees with the split (foreground auto) (previous default)": {
-        "overcluster": 1},
-    "+ finer levels over-clustered 2x, interleaved clusters merged (overcluster 2) = default": {},
+        "overcluster": 1, "kmeans_n_init": 4},
+    "+ finer levels over-clustered 2x, interleaved clusters merged (overcluster 2), 4 k-means starts": {
+        "kmeans_n_init": 4},
+    "+ 2 k-means starts instead of 4 = default": {},
     "default, its masked stage intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
     "default without the intensity term": {"foreground": "split", "intensity_weight": 0.0, "potts_beta": 4.0,
                                            "refine": "once"},
@@ -87,7 +89,7 @@ def _summary(per_run: list[dict[int, list[np.ndarray]]], run_std: bool = True) -
 
 #: segmentation-stage fields a stage may set; the rest come from the run
 STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering",
-                "smooth_sigma", "level_smooth_sigma", "overcluster", *MASKED_STAGE_FIELDS)
+                "smooth_sigma", "level_smooth_sigma", "overcluster", "kmeans_n_init", *MASKED_STAGE_FIELDS)
 
 
 def stage_config(run_cfg: Config, spec: dict) -> Config:
