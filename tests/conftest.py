@@ -35,3 +35,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture
+def clusters_asked(monkeypatch) -> list[int]:
+    """The numbers of clusters ``hyperseg.segment.level_labels`` is asked for, in call order (it still runs)."""
+    import hyperseg.segment as S
+
+    asked: list[int] = []
+    real = S.level_labels
+
+    def spy(points, n_clusters, *args, **kwargs):
+        asked.append(n_clusters)
+        return real(points, n_clusters, *args, **kwargs)
+
+    monkeypatch.setattr(S, "level_labels", spy)
+    return asked

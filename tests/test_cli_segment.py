@@ -450,19 +450,10 @@ def test_segment_says_which_foreground_each_case_was_clustered_in(run, tmp_path,
     assert "intensity mask" not in capsys.readouterr().out  # -q: nothing but the summary
 
 
-def test_overcluster_option_sets_the_field_and_is_checked(run, tmp_path, capsys, monkeypatch):
-    import hyperseg.segment as S
-
+def test_overcluster_option_sets_the_field_and_is_checked(run, tmp_path, capsys, clusters_asked):
+    asked = clusters_asked
     src = tmp_path / "a.npy"
     np.save(src, blob((12, 10, 8), 6))
-    asked = []
-    real = S.level_labels
-
-    def spy(points, n_clusters, *args, **kwargs):
-        asked.append(n_clusters)
-        return real(points, n_clusters, *args, **kwargs)
-
-    monkeypatch.setattr(S, "level_labels", spy)
     split = ("--foreground", "split", "--levels", "2", "3")
     assert segment(run, src, tmp_path / "o3", *split, "--overcluster", "3") == 0
     assert asked == [2, 6]  # the split, then 3 x (3 - 1) clusters inside it, merged back to 2

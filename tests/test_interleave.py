@@ -118,7 +118,7 @@ def test_fewer_clusters_than_asked_are_only_renumbered():
         merge_interleaved(lab, 0)
 
 
-def test_the_finer_levels_are_overclustered_then_merged(monkeypatch):
+def test_the_finer_levels_are_overclustered_then_merged(clusters_asked):
     import hyperseg.segment as S
 
     rng = np.random.default_rng(0)
@@ -130,14 +130,7 @@ def test_the_finer_levels_are_overclustered_then_merged(monkeypatch):
     emb = (centres[region] + 0.02 * rng.standard_normal(shape + (2,))).astype(np.float32)
     raw = region[None].astype(np.float32)
     x = (raw - raw.mean()) / raw.std()
-    asked = []
-    real = S.level_labels
-
-    def spy(points, n_clusters, *args, **kwargs):
-        asked.append(n_clusters)
-        return real(points, n_clusters, *args, **kwargs)
-
-    monkeypatch.setattr(S, "level_labels", spy)
+    asked = clusters_asked
     cfg = Config(latent_dim=2, kmeans_n_init=2, foreground="split")
     seg = S.segment_embedding(cfg, emb, x, [2, 4])
     assert asked == [2, 6]  # the split, then 2 x (4 - 1) inside it

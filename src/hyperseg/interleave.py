@@ -99,11 +99,9 @@ def merge_interleaved(labels: np.ndarray, n_keep: int) -> np.ndarray:
         s[~alive, :] = -1.0
         s[:, ~alive] = -1.0
         i, j = np.unravel_index(int(np.argmax(s)), s.shape)
-        i, j = min(i, j), max(i, j)  # j joins i
-        inside = areas[i, i] + areas[j, j] + areas[i, j]  # the i-j faces are now inside the merged cluster
+        i, j = min(i, j), max(i, j)  # j joins i (the diagonal, never scored, is not kept up to date)
         areas[i, :] += areas[j, :]
         areas[:, i] += areas[:, j]
-        areas[i, i] = inside
         areas[j, :] = 0.0
         areas[:, j] = 0.0
         sizes[i] += sizes[j]
