@@ -182,6 +182,29 @@ def test_intensity_jitter_changes_what_is_trained_and_stays_reproducible(tmp_pat
     assert all(torch.isfinite(v).all() for v in jitter.values() if v.is_floating_point())
 
 
+def test_patch_symmetry_turns_the_triplets_the_loss_sees(tmp_path, monkeypatch):
+    # the sampled triplets go through random_symmetry, and only when asked for
+    import hyperseg.train as train_module
+
+    image = generate_volume(np.random.default_rng(0), shape=(16, 16, 16))[0][None]
+    calls = []
+    real = train_module.random_symmetry
+
+    def spy(patches, generator):
+        out = real(patches, generator)
+        calls.append([(p.shape, o.shape, torch.equal(p, o)) for p, o in zip(patches, out)])
+        return out
+
+    monkeypatch.setattr(train_module, "random_symmetry", spy)
+    train(Config(**TINY), [image], tmp_path / "plain", steps=2, progress=False)
+    assert calls == []
+    model = train(Config(**TINY, patch_symmetry=True), [image], tmp_path / "turned", steps=2, progress=False)
+    assert len(calls) == 2 and all(len(step) == 3 for step in calls)  # parents, positives, negatives, every step
+    assert all(shape_in == shape_out for step in calls for shape_in, shape_out, _ in step)
+    assert not all(unchanged for step in calls for _, _, unchanged in step)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+
+
 @pytest.mark.parametrize("setting", [{"negatives": "all_axes"}, {"triplet_distance": "squared"}])
 def test_released_code_triplet_settings_reach_training(tmp_path, setting):
     # each of the released code's triplet choices (paper.md 1.4) changes what is trained

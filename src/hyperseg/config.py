@@ -125,6 +125,9 @@ class Config:
     # contrast factor exp(intensity_gain x N(0, 1)) about its own mean; 0 = off (the paper)
     intensity_offset: float = 0.0
     intensity_gain: float = 0.0
+    # turn every triplet patch by its own random symmetry of the cube (48: axis permutations and flips;
+    # data/augment.py), so that the loss matches a region's texture whatever its orientation; False = the paper
+    patch_symmetry: bool = False
 
     # --- training ---------------------------------------------------------
     batch_size: int = 32  # triplets per step
@@ -290,6 +293,7 @@ class Config:
         need(self.intensity_offset >= 0 and self.intensity_gain >= 0,
              f"intensity_offset and intensity_gain must be >= 0 (0 = off), got {self.intensity_offset} "
              f"and {self.intensity_gain}")
+        need(isinstance(self.patch_symmetry, bool), f"patch_symmetry must be true or false, got {self.patch_symmetry!r}")
         need(self.batch_size >= 1 and self.lr > 0 and self.steps >= 0, "batch_size, lr, steps must be positive")
         need(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         need(self.max_bad_steps >= 1, "max_bad_steps must be >= 1")

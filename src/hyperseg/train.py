@@ -61,7 +61,7 @@ from .checkpoint import (CHECKPOINT, CONFIG_FILE, LEGACY_CHECKPOINT, LOG_FILE, R
                          WEIGHTS_FILE, config_changes, load_model, read_checkpoint, read_log, read_run_info,
                          rng_state, save_checkpoint, set_rng_state, versions)
 from .config import Config
-from .data.augment import jitter_intensity
+from .data.augment import jitter_intensity, random_symmetry
 from .data.preprocess import normalize_for
 from .data.sampler import TripletSampler
 from .model import HyperVAE
@@ -353,6 +353,8 @@ def _train_step(run: _Run) -> _Outcome:
     cfg = run.cfg
     triplet = jitter_intensity(run.sampler.sample(cfg.batch_size, run.gen), cfg.intensity_offset,
                                cfg.intensity_gain, run.gen)
+    if cfg.patch_symmetry:
+        triplet = random_symmetry(triplet, run.gen)
     parent, pos, neg = (t.to(run.device, memory_format=TRAIN_MEMORY_FORMAT) for t in triplet)
     compute = resolve_dtype(cfg.train_dtype, run.device)
     with torch.autocast(run.device.type, dtype=compute, enabled=compute != torch.float32):

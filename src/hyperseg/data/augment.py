@@ -1,4 +1,6 @@
-"""Intensity jitter of triplet patches: each patch gets its own random offset and contrast.
+"""Augmentations of triplet patches: intensity jitter and the cube's symmetries, drawn per patch.
+
+Intensity jitter: each patch gets its own random offset and contrast.
 
 Why (BENCHMARKS.md, "The irregular bar"): in the synthetic benchmarks, and in
 much real data, every object instance has its own brightness, while a class is
@@ -19,6 +21,13 @@ where ``mean(x_b)`` is the patch's own mean in that channel. The contrast factor
 is log-normal, so it is always positive and a factor ``g`` is as likely as
 ``1 / g``. ``gain = 0`` draws no ``eta`` and ``offset = 0`` no ``eps``, so with
 both at 0 the patches are returned unchanged and the generator is untouched.
+
+Symmetries (:func:`random_symmetry`): each patch is turned by one of the 48
+symmetries of the cube (a permutation of the three spatial axes, then a flip of
+any of them), drawn uniformly and independently per patch. The triplet loss then
+pulls a child towards its parent whatever their relative orientation: a striped
+or ringed texture seen along another axis is still the same region, so the
+embedding is pushed to code the texture's kind rather than its direction.
 """
 from __future__ import annotations
 
@@ -27,7 +36,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["jitter_intensity"]
+__all__ = ["CUBE_SYMMETRIES", "apply_symmetry", "jitter_intensity", "random_symmetry"]
+
+#: The 48 symmetries of the cube as ``(axis permutation, flip mask)``; the identity is entry 0.
+CUBE_SYMMETRIES: tuple[tuple[tuple[int, int, int], tuple[bool, bool, bool]], ...] = tuple(
+    (perm, (bool(bits & 1), bool(bits & 2), bool(bits & 4)))
+    for perm in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+    for bits in range(8))
 
 
 def jitter_intensity(patches: Sequence[Tensor], offset: float, gain: float,
@@ -63,4 +78,36 @@ def jitter_intensity(patches: Sequence[Tensor], offset: float, gain: float,
         if offset > 0:
             p = p + offset * unit.to(p) * torch.randn(shape, generator=generator).to(p)
         out.append(p)
+    return tuple(out)
+
+
+def apply_symmetry(patch: Tensor, index: int) -> Tensor:
+    """Patch ``(..., m, m, m)`` turned by ``CUBE_SYMMETRIES[index]``: its last three axes permuted, then flipped."""
+    perm, flips = CUBE_SYMMETRIES[index]
+    lead = patch.dim() - 3
+    out = patch.permute(*range(lead), *(lead + a for a in perm))
+    dims = [lead + i for i, f in enumerate(flips) if f]
+    return out.flip(dims) if dims else out
+
+
+def random_symmetry(patches: Sequence[Tensor], generator: torch.Generator) -> tuple[Tensor, ...]:
+    """Turn every patch by its own symmetry of the cube, drawn uniformly from the 48 (module docstring).
+
+    Args:
+        patches: tensors ``(B_i, C, m, m, m)`` with cubic patches (equal last three sizes).
+        generator: CPU generator; one index per patch is drawn, tensor by tensor in order.
+
+    Returns:
+        new contiguous tensors of the same shapes, dtypes and devices.
+    """
+    out = []
+    for p in patches:
+        if p.dim() != 5 or not p.shape[2] == p.shape[3] == p.shape[4]:
+            raise ValueError(f"random_symmetry needs cubic patches (B, C, m, m, m), got {tuple(p.shape)}")
+        index = torch.randint(len(CUBE_SYMMETRIES), (p.shape[0],), generator=generator)
+        turned = torch.empty_like(p)
+        for i in torch.unique(index).tolist():
+            rows = (index == i).nonzero().flatten().to(p.device)
+            turned[rows] = apply_symmetry(p[rows], i)
+        out.append(turned)
     return tuple(out)
