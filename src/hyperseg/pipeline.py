@@ -114,7 +114,7 @@ def segment_volume(
     seg = segment_array(model, x, ks, seed=seed, progress=progress, mask=m, voxel_size=voxel_size)
     labels = {k: resample_nearest(v, shape) for k, v in seg.labels.items()}
     return Segmentation(labels=labels, embedding=resample_nearest(seg.embedding, shape), foreground=seg.foreground,
-                        agreement=seg.agreement)
+                        agreement=seg.agreement, inside_split=seg.inside_split)
 
 
 def embed_volume_on_grid(model: HyperVAE, volume: Volume, mask: np.ndarray | None = None,
@@ -228,7 +228,7 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
     written, in the order label maps (by level), embedding, report, HTML report.
 
     ``mask``: optional boolean ``(D, H, W)`` foreground on the case's grid. ``info``, when given, receives
-    ``"foreground"`` and ``"agreement"`` (:class:`~hyperseg.segment.Segmentation`'s: which foreground the
+    ``"foreground"``, ``"agreement"`` and ``"inside_split"`` (:class:`~hyperseg.segment.Segmentation`'s: which foreground the
     levels were clustered in, and for ``foreground: auto`` the Dice that chose it).
     Nothing is written when any step fails; with ``options.skip_existing`` a
     case whose outputs all exist is not even read.
@@ -248,7 +248,7 @@ def segment_case(model: HyperVAE, case: Case, options: SegmentOptions,
     vol = read_case(case, nan_policy=options.nan_policy, zarr_level=options.zarr_level)
     seg = segment_volume(model, vol, levels, seed=options.seed, progress=options.progress, mask=mask)
     if info is not None:
-        info.update(foreground=seg.foreground, agreement=seg.agreement)
+        info.update(foreground=seg.foreground, agreement=seg.agreement, inside_split=seg.inside_split)
     png = None  # rendered before anything is written: a failure leaves no file behind
     if "report" in outputs:
         png = render_case_report(vol.array[0], seg.labels, seg.embedding,

@@ -377,6 +377,9 @@ def _foreground_note(info: dict) -> str:
     if info.get("foreground") == "mask":
         why = "" if agreement is None else (f", agreeing with the 2-cluster split (Dice {agreement:.3f} away from the "
                                             "mask's edge)")
+        if info.get("inside_split"):
+            why = (", which lies inside the 2-cluster split as a brain inside its head (they agree only to Dice "
+                   f"{agreement:.3f})")
         return f"tissue classes inside the automatic intensity mask{why}"
     if info.get("foreground") == "split" and agreement is not None:
         return (f"classes inside the 2-cluster split (the intensity mask agrees only to Dice {agreement:.3f} away "
