@@ -106,3 +106,12 @@ def test_a_skull_stripped_brain_is_still_taken_by_agreement():
     seg = segment_embedding(Config(latent_dim=2, kmeans_n_init=2), emb, (raw - raw.mean()) / raw.std(), [2, 3],
                             array=raw)
     assert seg.foreground == "mask" and not seg.inside_split
+
+
+def test_the_command_line_says_why_the_mask_was_taken():
+    from hyperseg.cli.segment import _foreground_note
+
+    inside = _foreground_note({"foreground": "mask", "agreement": 0.548, "inside_split": True})
+    assert "inside the 2-cluster split" in inside and "0.548" in inside
+    agreed = _foreground_note({"foreground": "mask", "agreement": 0.97, "inside_split": False})
+    assert "agreeing with the 2-cluster split" in agreed and "inside the 2-cluster split" not in agreed
