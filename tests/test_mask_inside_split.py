@@ -115,3 +115,50 @@ def test_the_command_line_says_why_the_mask_was_taken():
     assert "inside the 2-cluster split" in inside and "0.548" in inside
     agreed = _foreground_note({"foreground": "mask", "agreement": 0.97, "inside_split": False})
     assert "agreeing with the 2-cluster split" in agreed and "inside the 2-cluster split" not in agreed
+
+
+def _bridged_head(shape=(54, 54, 54), seed=0):
+    """A head whose 7-voxel scalp is joined to the brain by two rods of radius 3.2 across a 3-voxel skull: the
+    mask of ``ants.get_mask``'s opening (radius 2) keeps the rods and so the whole head; radius 4 cuts them."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in shape], indexing="ij")
+    r = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+    region = np.select([r < 9, r < 15, r < 18, r < 25], [4, 3, 2, 1], 0)  # 4 core, 3 shell, 2 skull, 1 scalp
+    rods = (np.sqrt(yy ** 2 + zz ** 2) < 3.2) & (r >= 14) & (r < 19)
+    levels = np.array([0.0, 2.5, 0.2, 3.0, 2.0])
+    raw = np.where(rods, 3.0, levels[region]) + 0.1 * rng.standard_normal(shape)
+    centres = np.array([[0.0, 0.0], [0.3, 0.0], [0.3, 0.1], [0.1, 0.3], [0.15, 0.35]])
+    emb = centres[region] + 0.02 * rng.standard_normal(shape + (2,))
+    return raw[None].astype(np.float32), emb.astype(np.float32), region
+
+
+def test_a_scalp_the_standard_opening_leaves_attached_is_cut_by_the_wider_one():
+    from hyperseg.segment import MASK_CLEANUPS, choose_mask, mask_agreement, split_reach
+
+    raw, emb, region = _bridged_head()
+    image = raw[0].astype(np.float64)
+    head = (region > 0).ravel()
+    brain = (region >= 3).ravel()
+    narrow, wide = (auto_mask(image, cleanup=r).ravel() for r in MASK_CLEANUPS)
+    cfg = Config(latent_dim=2, kmeans_n_init=2)
+    # the narrow opening keeps the scalp: its mask is the head and "agrees" with the split
+    assert mask_agreement(narrow, head, image.shape, band=split_reach(cfg)) >= cfg.foreground_agreement
+    assert (wide == brain).mean() > 0.99
+    choice = choose_mask(image, head, cfg)
+    assert choice.inside_split and choice.cleanup == 4
+    np.testing.assert_array_equal(choice.mask, wide)
+    seg = segment_embedding(cfg, emb, (raw - raw.mean()) / raw.std(), [2, 3], array=raw)
+    assert seg.foreground == "mask" and seg.inside_split
+    assert ((seg.labels[2] > 0).ravel() == brain).mean() > 0.99
+
+
+def test_choose_mask_prefers_agreement_only_when_no_mask_lies_inside():
+    from hyperseg.segment import choose_mask
+
+    raw, emb, region = _head_scene(scalp=False)  # skull-stripped: both openings give the brain, which agrees
+    image = raw[0].astype(np.float64)
+    choice = choose_mask(image, (region >= 2).ravel(), Config())
+    assert choice.mask is not None and not choice.inside_split and choice.cleanup == 2
+    # a split the mask neither agrees with nor lies inside (the mask reaches past it): no mask
+    none = choose_mask(image, (region == 4).ravel(), Config())
+    assert none.mask is None and none.agreement < 0.9
