@@ -37,7 +37,9 @@ background is not the darkest class (the synthetic cells: agreement at most
 something else, and the split is used. The mask is also taken when it lies
 inside the split as a brain lies inside its head (:func:`mask_inside_split`):
 on a T1 scan that keeps skull and scalp the split is the head, the mask the
-brain, and the two agree only to 0.548 (Colin27's ``ch2`` at 2 mm).
+brain, and the two agree only to 0.548 (Colin27's ``ch2`` at 2 mm). Two masks
+are tried, ``ants.get_mask``'s opening and a wider one that cuts a scalp the
+first leaves attached (:func:`choose_mask`).
 
 With ``Config.intensity_weight`` or ``Config.potts_beta`` above 0 (the
 default: 6 and 4), each level's clustering is then refined
