@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from hyperseg.config import Config
-from hyperseg.segment import mask_agreement, segment_embedding
+from hyperseg.foreground import mask_agreement
+from hyperseg.segment import segment_embedding
 
 
 def _ball_scene(object_brighter: bool, shape=(28, 28, 28), seed=0):
@@ -46,7 +47,7 @@ def _sphere(shape, centre, radius):
 def test_mask_agreement_leaves_out_a_band_around_the_mask_surface():
     from scipy import ndimage as ndi
 
-    from hyperseg.segment import split_reach
+    from hyperseg.foreground import split_reach
 
     shape = (40, 40, 40)
     mask = _sphere(shape, (20, 20, 20), 10)

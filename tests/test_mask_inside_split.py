@@ -5,7 +5,8 @@ import pytest
 
 from hyperseg.config import Config
 from hyperseg.data.masks import auto_mask
-from hyperseg.segment import (INSIDE_DEPTH, mask_inside_split, nesting, segment_embedding)
+from hyperseg.foreground import INSIDE_DEPTH, mask_inside_split, nesting
+from hyperseg.segment import segment_embedding
 
 
 def _sphere(shape, centre, radius):
@@ -133,7 +134,7 @@ def _bridged_head(shape=(54, 54, 54), seed=0):
 
 
 def test_a_scalp_the_standard_opening_leaves_attached_is_cut_by_the_wider_one():
-    from hyperseg.segment import MASK_CLEANUPS, choose_mask, mask_agreement, split_reach
+    from hyperseg.foreground import MASK_CLEANUPS, choose_mask, mask_agreement, split_reach
 
     raw, emb, region = _bridged_head()
     image = raw[0].astype(np.float64)
@@ -153,7 +154,7 @@ def test_a_scalp_the_standard_opening_leaves_attached_is_cut_by_the_wider_one():
 
 
 def test_choose_mask_prefers_agreement_only_when_no_mask_lies_inside():
-    from hyperseg.segment import choose_mask
+    from hyperseg.foreground import choose_mask
 
     raw, emb, region = _head_scene(scalp=False)  # skull-stripped: both openings give the brain, which agrees
     image = raw[0].astype(np.float64)

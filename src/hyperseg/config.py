@@ -171,9 +171,9 @@ class Config:
     # touches the border is background); "threshold", the automatic intensity mask of ANTs' get_mask
     # (voxels above the mean, opened, largest component, holes filled: data/masks.py; the "mri" preset);
     # "auto" (default): the mask where it agrees with the split (Dice >= foreground_agreement outside a band of the
-    # embedding's reach around the mask's surface, segment.mask_agreement: an object brighter
+    # embedding's reach around the mask's surface, foreground.mask_agreement: an object brighter
     # than its background, as a brain in a T1 scan) or where it lies inside the split as a brain inside its head
-    # (segment.choose_mask: a scan with skull and scalp), its levels then refined with masked_stage's fields
+    # (foreground.choose_mask: a scan with skull and scalp), its levels then refined with masked_stage's fields
     # on top, else the split with this configuration's own refinement. Chosen on Colin27 and the synthetic validation
     # volumes (BENCHMARKS.md): outside the band the mask and the split agree to 0.965 (clean 1 mm) and 0.998-1.000
     # (degraded) on Colin27, to at most 0.334 on the synthetic cells' validation volumes (over the whole grid:
