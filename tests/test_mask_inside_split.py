@@ -5,7 +5,7 @@ import pytest
 
 from hyperseg.config import Config
 from hyperseg.data.masks import auto_mask
-from hyperseg.foreground import INSIDE_DEPTH, mask_inside_split, nesting
+from hyperseg.foreground import INSIDE_DEPTH, mask_inside_split, nesting, split_depth
 from hyperseg.segment import segment_embedding
 
 
@@ -39,6 +39,7 @@ def test_nesting_matches_counts_and_a_brute_force_distance(seed):
     assert n.contained == pytest.approx((mask & split).sum() / mask.sum())
     assert n.size == pytest.approx(mask.sum() / split.sum())
     assert n.enclosed == pytest.approx(_naive_enclosed(mask, split))
+    assert nesting(mask, split, shape, split_depth(split, shape)) == n  # the split's distances, computed once
 
 
 def test_nesting_does_not_count_the_volume_faces_as_outside():

@@ -18,7 +18,8 @@ from .config import Config
 from .data.masks import auto_mask
 
 __all__ = ["INSIDE_CONTAINED", "INSIDE_DEPTH", "INSIDE_ENCLOSED", "INSIDE_SIZE", "MASK_CLEANUPS", "MaskChoice",
-           "Nesting", "choose_mask", "mask_agreement", "mask_inside_split", "nesting", "split_reach"]
+           "Nesting", "choose_mask", "mask_agreement", "mask_inside_split", "nesting", "split_depth",
+           "split_reach"]
 
 
 def mask_agreement(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, int] | None = None,
@@ -64,13 +65,28 @@ class Nesting:
     enclosed: float  # share of the mask's surface voxels farther than INSIDE_DEPTH voxels from outside the split
 
 
-def nesting(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, int]) -> Nesting:
+def split_depth(split: np.ndarray, shape: tuple[int, int, int]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Euclidean distance (voxels) of each voxel of ``split`` (``(N,)`` or ``shape`` bool) to the nearest voxel
+    outside it (``scipy.ndimage.distance_transform_edt``), on the split's bounding box grown by one voxel:
+    ``(box, depth)`` with ``depth`` of the box's shape; 0 outside the split. The volume's faces do not count as
+    outside. An empty split gives an empty box."""
+    from scipy import ndimage as ndi
+
+    b = np.asarray(split, dtype=bool).reshape(shape)
+    idx = np.nonzero(b)
+    if not idx[0].size:
+        return tuple(slice(0, 0) for _ in shape), np.zeros((0, 0, 0))
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
+    return box, ndi.distance_transform_edt(b[box])
+
+
+def nesting(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, int],
+            depth: tuple[tuple[slice, ...], np.ndarray] | None = None) -> Nesting:
     """:class:`Nesting` of the foregrounds ``mask`` and ``split`` (``(N,)`` or ``shape`` bool) on the grid ``shape``.
 
     ``enclosed``: the mask's surface voxels are those with a 6-neighbour outside it (the volume's faces do not
-    count); each is scored by its Euclidean distance to the nearest voxel outside the split
-    (``scipy.ndimage.distance_transform_edt``), computed on the split's bounding box grown by one voxel. An empty
-    mask or split gives zeros.
+    count); each is scored by its distance to the nearest voxel outside the split (:func:`split_depth`; pass
+    ``depth``, its result, to reuse it for several masks). An empty mask or split gives zeros.
     """
     from scipy import ndimage as ndi
 
@@ -81,15 +97,15 @@ def nesting(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, int]) ->
         return Nesting(0.0, 0.0, 0.0)
     contained = int((a & b).sum()) / n_a
     surface = a & ~ndi.binary_erosion(a, border_value=1)
-    idx = np.nonzero(b)
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in idx)
-    depth = np.zeros(shape, dtype=np.float64)
-    depth[box] = ndi.distance_transform_edt(b[box])
-    enclosed = float((depth[surface] > INSIDE_DEPTH).mean()) if surface.any() else 0.0
+    n_surface = int(surface.sum())
+    box, d = split_depth(b, shape) if depth is None else depth
+    deep = int((d[surface[box]] > INSIDE_DEPTH).sum())  # surface voxels outside the box are outside the split
+    enclosed = deep / n_surface if n_surface else 0.0
     return Nesting(contained=contained, size=n_a / n_b, enclosed=enclosed)
 
 
-def mask_inside_split(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, int]) -> bool:
+def mask_inside_split(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int, int],
+                      depth: tuple[tuple[slice, ...], np.ndarray] | None = None) -> bool:
     """Whether the intensity mask lies inside the split as a brain inside its head: all of it inside
     (:data:`INSIDE_CONTAINED`), at least :data:`INSIDE_SIZE` of the split's size, and its surface at least
     :data:`INSIDE_DEPTH` voxels inside the split's nearly everywhere (:data:`INSIDE_ENCLOSED`; :func:`nesting`).
@@ -97,9 +113,9 @@ def mask_inside_split(mask: np.ndarray, split: np.ndarray, shape: tuple[int, int
     A T1 scan with skull and scalp: the split is the head, the mask the brain under its dark skull (Colin27's
     ``ch2`` at 2 mm: 1.000 / 0.43 / 1.000). On the synthetic cells' validation volumes (40) a mask that is
     enclosed is a bright organelle (size at most 0.057), and a mask of the cell's size reaches the cell's edge
-    (enclosed at most 0.68): none passes.
+    (enclosed at most 0.68): none passes. ``depth``: :func:`split_depth`'s result, if already computed.
     """
-    n = nesting(mask, split, shape)
+    n = nesting(mask, split, shape, depth)
     return n.contained >= INSIDE_CONTAINED and n.size >= INSIDE_SIZE and n.enclosed >= INSIDE_ENCLOSED
 
 
@@ -135,8 +151,9 @@ def choose_mask(image: np.ndarray, split: np.ndarray, cfg: Config) -> MaskChoice
     band = split_reach(cfg)
     masks = [auto_mask(image, cleanup=r).reshape(-1) for r in MASK_CLEANUPS]
     agreements = [mask_agreement(m, split, shape, band=band) for m in masks]
+    depth = split_depth(split, shape)  # one distance transform of the split for every mask
     for r, m, a in zip(MASK_CLEANUPS, masks, agreements):
-        if mask_inside_split(m, split, shape):
+        if mask_inside_split(m, split, shape, depth):
             return MaskChoice(m, a, a < cfg.foreground_agreement, r)
     for r, m, a in zip(MASK_CLEANUPS, masks, agreements):
         if a >= cfg.foreground_agreement:
