@@ -4,8 +4,18 @@ Data: Colin27 from the Debian package ``mricron-data`` (``apt-get install
 mricron-data``: ``/usr/share/mricron/templates/``, the default ``--data``), or
 any folder holding ``ch2.nii.gz``, ``ch2bet.nii.gz`` and ``aal.nii.gz``.
 
+A second brain with real tissue truth, ``--image mni152``: the MNI ICBM 2009a
+symmetric T1 template (152 brains registered and averaged, skull removed, 1 mm,
+197 x 233 x 189) with its grey- and white-matter probability maps, as shipped
+inside the ``nilearn`` wheel (``nilearn/datasets/data/``; ``pip install nilearn``,
+or ``pip download nilearn --no-deps`` and unzip, then ``--data`` that folder).
+Truth: background outside the template's brain, else the largest of CSF
+(``1 - GM - WM``), grey matter and white matter; level 3 merges CSF and white
+matter into "rest of the brain" as for Colin27, and level 4 is also scored
+against the true four classes (``dice["4t"]``: background / CSF / GM / WM).
+
 Degradation of the 1 mm image ``--image`` (``ch2bet``, skull-stripped, by
-default; ``ch2`` keeps skull and scalp), one setting per (grid, noise, bias):
+default; ``ch2`` keeps skull and scalp; ``mni152``), one setting per (grid, noise, bias):
 
 1. bias: ``x * b`` with ``b = 1 + s * (p - (max p + min p) / 2) / (max p - min p)``,
    ``p`` a cubic polynomial in the normalised coordinates with seeded normal
@@ -124,6 +134,43 @@ def load_colin(data: Path, image: str) -> tuple[np.ndarray, np.ndarray]:
     return x, truth
 
 
+MNI_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+             "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+             "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
+
+
+def nilearn_data() -> Path | None:
+    """``nilearn/datasets/data`` of an installed nilearn (its templates ship in the wheel), else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def load_mni152(data: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The MNI152 2009a T1 ``(D, H, W)`` and its 4-class tissue truth (0 background, 1 CSF, 2 GM, 3 WM)."""
+    folder = data if data is not None else nilearn_data()
+    files = {k: (folder / f) if folder is not None else Path(f) for k, f in MNI_FILES.items()}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise SystemExit(f"bench_mri.py: missing {missing}; `pip install nilearn` (its wheel ships the MNI152 "
+                         "templates) or give --data FOLDER holding the three files")
+    x = _read(files["t1"])
+    gm, wm = _read(files["gm"]) / 255.0, _read(files["wm"]) / 255.0
+    csf = np.clip(1.0 - gm - wm, 0.0, 1.0)
+    truth = (np.argmax(np.stack([csf, gm, wm]), 0) + 1) * (x > 0)
+    return x, truth.astype(np.int64)
+
+
+def three_class(truth: np.ndarray) -> np.ndarray:
+    """Level-3 truth (0 background, 1 grey matter, 2 rest of brain) from a 3- or 4-class truth."""
+    if truth.max() <= 2:
+        return truth
+    return np.where(truth == 0, 0, np.where(truth == 2, 1, 2)).astype(np.int64)
+
+
 def bias_field(shape: tuple[int, int, int], brain: np.ndarray, strength: float, seed: int = BIAS_SEED
                ) -> np.ndarray:
     """Multiplicative field ``(D, H, W)`` spanning ``strength`` peak to peak over ``brain`` (module docstring)."""
@@ -162,7 +209,7 @@ def degrade(x: np.ndarray, truth: np.ndarray, grid: int, noise: float, bias: flo
     brain = truth > 0
     y = x * bias_field(x.shape, brain, bias)
     if grid == 2:
-        y, t, clean = block_mean(y), block_mode(truth, 3), block_mean(x)
+        y, t, clean = block_mean(y), block_mode(truth, int(truth.max()) + 1), block_mean(x)
     elif grid == 1:
         t, clean = truth, x
     else:
@@ -177,10 +224,15 @@ def degrade(x: np.ndarray, truth: np.ndarray, grid: int, noise: float, bias: flo
 def score(labels: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
     from hyperseg.metrics import dice_iou
 
+    t3 = three_class(truth)
     out = {"2": float(dice_iou(labels[2], (truth > 0).astype(np.int64))["mean_dice"]),
-           "3": float(dice_iou(labels[3], truth)["mean_dice"])}
+           "3": float(dice_iou(labels[3], t3)["mean_dice"])}
     if 4 in labels:
-        out["4"] = merged_tissue_score(labels[4], truth)
+        out["4"] = merged_tissue_score(labels[4], t3)
+        if truth.max() == 3:  # real CSF / GM / WM truth (mni152)
+            d = dice_iou(labels[4], truth, n_classes=4)
+            out["4t"] = float(d["mean_dice"])
+            out["4t_classes"] = [float(v) for v in d["dice"]]
     return out
 
 
@@ -329,6 +381,8 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {key} | {row} | error: {r['error'][:60]} | | | | |")
                 continue
             l4 = f"{r['dice']['4']:.3f}" if "4" in r["dice"] else "-"
+            if "4t" in r["dice"]:
+                l4 += f" (CSF / GM / WM truth: {r['dice']['4t']:.3f})"
             lines.append(f"| {key} | {row} | {r['dice']['2']:.3f} | {r['dice']['3']:.3f} | {l4} | "
                          f"{r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
@@ -350,7 +404,7 @@ def summary(results: dict) -> str:
 
 
 PROTOCOL = {
-    "data": "Colin27 (mricron-data)",
+    "data": "Colin27 (mricron-data), or with image mni152 the MNI ICBM 2009a T1 template and its tissue maps (nilearn)",
     "levels": {"2": "brain / background (ch2bet > 0)", "3": "background / grey matter (aal > 0) / rest of brain"},
     "degradation": "bias x (1 + s * cubic polynomial, s peak to peak over the brain, seed 27), 2 mm by 2x2x2 "
                    "block averaging, then Rician noise sigma = noise * WM intensity on that grid",
@@ -389,9 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     from hyperseg.comparison.peers import PEERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEBIAN,
-                    help=f"folder with ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz (default {DEBIAN}, from mricron-data)")
-    ap.add_argument("--image", choices=["ch2bet", "ch2"], default="ch2bet", help="image to degrade")
+    ap.add_argument("--data", type=Path, default=None,
+                    help=f"folder with ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz (default {DEBIAN}, from mricron-data); "
+                         "with --image mni152 the folder of the MNI152 files (default: the installed nilearn's)")
+    ap.add_argument("--image", choices=["ch2bet", "ch2", "mni152"], default="ch2bet", help="image to degrade")
     ap.add_argument("--grid", type=int, nargs="+", default=[2, 1], help="grids in mm (2 = block average)")
     ap.add_argument("--noise", type=float, nargs="+", default=[3, 6, 9], help="Rician sigma, %% of WM intensity")
     ap.add_argument("--bias", type=float, nargs="+", default=[0, 20, 40], help="bias field, %% peak to peak")
@@ -419,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"bench_mri.py: unknown rows {unknown}; choose from {list(PEERS) + list(HYPERSEG_ROWS)}")
 
-    x, truth = load_colin(args.data, args.image)
+    if args.image == "mni152":
+        x, truth = load_mni152(args.data)
+    else:
+        x, truth = load_colin(args.data if args.data is not None else DEBIAN, args.image)
     results = update(args.out, None)
     with tempfile.TemporaryDirectory(prefix="bench-mri-") as tmp:
         for grid in args.grid:
