@@ -181,16 +181,17 @@ class Config:
     foreground: str = "auto"
     foreground_agreement: float = 0.9
     # the refinement fields used inside the intensity mask when foreground "auto" picks it (FSL FAST's recipe:
-    # hidden-MRF EM from k-means on intensity, led by intensity, the embedding's log-likelihood at weight 0.15 on
-    # 2 mm voxels and in proportion to the voxel edge below (embedding_weight_mm 2: 0.075 at 1 mm). Chosen on
-    # Colin27: at 2 mm (4 noise / bias settings, 3 and 4 clusters) 0.1 / 0.15 / 0.2 / 0.3 gave mean GM-level Dice
-    # 0.738 / 0.746 / 0.746 / 0.717 at 3 clusters, 0.15 keeps away from where the embedding takes over the EM; at
-    # 1 mm (3 % and 9 % noise) 0.15 lost to 0.075 at 3 clusters by 0.012 and 0.002, on the clean 1 mm image measured
-    # afterwards it won by 0.006: a tie over the three, kept as the one within 0.003 of the intensity-only stage at
-    # every setting (BENCHMARKS.md, Colin27 "At 1 mm"); keys from MASKED_STAGE_FIELDS
+    # hidden-MRF EM from k-means on intensity, led by intensity, with a smooth bias field of 20 mm FWHM, FAST's
+    # default), the embedding's log-likelihood at weight 0.1 on 2 mm voxels and in proportion to the voxel edge
+    # below (embedding_weight_mm 2: 0.05 at 1 mm), Potts coupling 1.5. Chosen on two brains with a grid of weights
+    # 0 / 0.05 / 0.1 / 0.15 and couplings 1 / 1.5 / 2 (benchmarks/bench_masked_stage.py): Colin27 at 2 mm (4 noise
+    # / bias settings) and 1 mm (3 settings), grey-matter level and three tissue classes, and the MNI152 template
+    # with its CSF / GM / WM truth (4 settings at 2 mm); mean over the three of both scores 0.790 against 0.783
+    # for the previous 0.15 / 1, the best of the grid, and above it on each brain (masked_stage_colin27*.json,
+    # masked_stage_mni152.json); keys from MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
-        "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.15, "embedding_weight_mm": 2.0,
-        "intensity_weight": 1.0, "potts_beta": 1.0, "bias_fwhm": 20.0})
+        "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.1, "embedding_weight_mm": 2.0,
+        "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
