@@ -133,3 +133,68 @@ def test_the_em_on_the_masks_bounding_box_is_the_em_on_the_grid():
     again = hmrf_em(None, values[m], start, 2, shape, beta=0.5, embedding_weight=0.0, mask=cut, bias_sigma=3.0)
     np.testing.assert_array_equal(got, again)
     assert _accuracy(got, truth[m]) > 0.97
+
+
+def _three_tissues(seed: int = 0):
+    """Three classes (means 0, 1, 2: CSF, GM, WM) in blobs inside a box mask, a linear shading of 1.0 peak to
+    peak, noise sd 0.1; returns (values (N, 1), mask (N,), points (N, 2) a weak embedding)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    g = gaussian_filter(rng.standard_normal(SHAPE), 2.0)
+    truth = np.digitize(g, np.quantile(g, [0.25, 0.6]))
+    ramp = np.broadcast_to(np.linspace(-0.5, 0.5, SHAPE[2]), SHAPE)
+    values = (truth + ramp + 0.1 * rng.standard_normal(SHAPE)).reshape(-1, 1)
+    mask = np.zeros(SHAPE, bool)
+    mask[2:-2, 2:-2, 2:-2] = True
+    points = 0.3 * np.tanh(0.2 * rng.standard_normal((values.shape[0], 2)))
+    return values, mask.reshape(-1), points
+
+
+def test_hmrf_em_returns_the_field_it_subtracted_last():
+    values, mask, _ = _three_tissues()
+    start = np.digitize(values[mask, 0], [0.5, 1.5])
+    plain = hmrf_em(None, values[mask], start, 3, SHAPE, beta=0.5, embedding_weight=0.0, mask=mask, bias_sigma=3.0)
+    labels, field = hmrf_em(None, values[mask], start, 3, SHAPE, beta=0.5, embedding_weight=0.0, mask=mask,
+                            bias_sigma=3.0, return_field=True)
+    np.testing.assert_array_equal(labels, plain)
+    assert field.shape == (int(mask.sum()), 1)
+    assert np.corrcoef(field[:, 0], values[mask, 0] - start)[0, 1] > 0.5  # the field follows the shading
+    assert hmrf_em(None, values[mask], start, 3, SHAPE, beta=0.5, embedding_weight=0.0, mask=mask,
+                   return_field=True)[1] is None
+
+
+def test_bias_classes_fits_one_field_that_every_level_holds_fixed():
+    """``bias_classes: 3``: the field of the 3-class EM, subtracted once; level 4 is that EM's labels, level 3 the
+    2-class EM on the corrected intensities with no field of its own (the naive sequence beside the stage)."""
+    from hyperseg.regularize import intensity_kmeans
+    from hyperseg.segment import refined_levels, tissue_bias_field
+
+    values, mask, points = _three_tissues(1)
+    cfg = Config(hierarchy="foreground", foreground="threshold", refine="hmrf_em", refine_init="intensity",
+                 embedding_weight=0.1, intensity_weight=1.0, potts_beta=1.0, bias_fwhm=6.0, bias_classes=3,
+                 overcluster=1)
+    fields = {k: points for k in (2, 3, 4)}
+    got = refined_levels(fields, values, cfg, SHAPE, foreground=mask, voxel_size=1.0)
+    sigma = bias_sigma_voxels(cfg, 1.0)
+    tissue, field = tissue_bias_field(points[mask], values[mask], cfg, SHAPE, mask, 1.0)
+    np.testing.assert_array_equal(got[4][mask], tissue + 1)
+    corrected = values[mask] - field
+    two = hmrf_em(points[mask], corrected, intensity_kmeans(corrected, 2), 2, SHAPE, cfg.potts_beta,
+                  embedding_weight=cfg.embedding_weight, intensity_weight=1.0, n_iter=cfg.refine_iter, mask=mask,
+                  bias_sigma=0.0)
+    np.testing.assert_array_equal(got[3][mask], two + 1)
+    assert (got[3][~mask] == 0).all() and (got[4][~mask] == 0).all()
+    # bias_classes 0: each level fits its own field (the stage before bias_classes)
+    per_level = refined_levels(fields, values, cfg.replace(bias_classes=0), SHAPE, foreground=mask, voxel_size=1.0)
+    own = hmrf_em(points[mask], values[mask], intensity_kmeans(values[mask], 2), 2, SHAPE, cfg.potts_beta,
+                  embedding_weight=cfg.embedding_weight, intensity_weight=1.0, n_iter=cfg.refine_iter, mask=mask,
+                  bias_sigma=sigma)
+    np.testing.assert_array_equal(per_level[3][mask], own + 1)
+    np.testing.assert_array_equal(per_level[4][mask], tissue + 1)  # the 3-class level is the same EM either way
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True])
+def test_bias_classes_must_be_a_count(bad):
+    with pytest.raises(ValueError, match="bias_classes"):
+        Config(bias_classes=bad)

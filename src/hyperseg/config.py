@@ -39,7 +39,7 @@ REFINE_INITS = ("clusters", "intensity")
 FOREGROUNDS = ("split", "threshold", "auto")
 #: Segmentation fields ``Config.masked_stage`` may set: the refinement of the levels inside an intensity mask.
 MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "embedding_weight_mm", "intensity_weight",
-                       "potts_beta", "potts_method", "potts_iter", "refine_iter", "bias_fwhm")
+                       "potts_beta", "potts_method", "potts_iter", "refine_iter", "bias_fwhm", "bias_classes")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 #: What the convolutions run in (``embed_dtype``, ``train_dtype``; nn/precision.py): "auto" is bfloat16 where the
@@ -191,7 +191,7 @@ class Config:
     # masked_stage_mni152.json); keys from MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
         "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.1, "embedding_weight_mm": 2.0,
-        "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0})
+        "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0, "bias_classes": 3})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -245,6 +245,13 @@ class Config:
     # On Colin27 (4 noise / bias settings, 2 mm) 20 mm raised the masked stage's mean Dice at 3 / 4 clusters from
     # 0.746 / 0.734 to 0.757 / 0.757 (benchmarks/results/mri_colin27.json)
     bias_fwhm: float = 0.0
+    # hierarchy "foreground", hmrf_em with bias_fwhm > 0: 0 = each level's EM estimates its own bias field; n > 0 =
+    # the field is estimated once, by the EM with n classes inside the foreground (FSL FAST's -n, 3 tissue classes
+    # in a T1 brain), then subtracted from the intensities of every level, whose EMs hold it fixed (the level of n
+    # classes takes that EM's labels). A level with fewer classes than the tissues would otherwise fit a field that
+    # takes part of their contrast (2 classes in a brain: GM with CSF or with WM). The masked stage's 3 raised the
+    # grey-matter level on Colin27 (2 mm, 4 settings) and the MNI152 template (BENCHMARKS.md)
+    bias_classes: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -378,6 +385,8 @@ class Config:
         need(self.refine_init in REFINE_INITS,
              f"refine_init must be one of {', '.join(REFINE_INITS)}, got {self.refine_init!r}")
         need(self.bias_fwhm >= 0, f"bias_fwhm must be >= 0 mm (0 = no bias field), got {self.bias_fwhm}")
+        need(isinstance(self.bias_classes, int) and not isinstance(self.bias_classes, bool) and self.bias_classes >= 0,
+             f"bias_classes must be an integer >= 0 (0 = a bias field per level), got {self.bias_classes!r}")
         need(self.bias_fwhm == 0 or self.refine == "hmrf_em",
              f"bias_fwhm {self.bias_fwhm} is estimated by refine 'hmrf_em' only, got refine {self.refine!r}; set "
              "refine: hmrf_em or bias_fwhm: 0")

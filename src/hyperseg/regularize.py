@@ -410,7 +410,8 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
 def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,
             shape: tuple[int, int, int], beta: float, embedding_weight: float = 1.0,
             intensity_weight: float = 1.0, n_iter: int = 8, mf_iter: int = 2, latent: str = "hyperbolic",
-            c: float = 1.0, mask: np.ndarray | None = None, bias_sigma: float = 0.0) -> np.ndarray:
+            c: float = 1.0, mask: np.ndarray | None = None, bias_sigma: float = 0.0,
+            return_field: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Hidden-MRF EM on embedding and intensities from ``labels`` (module docstring); labels ``(M,)`` int64.
 
     ``points`` ``(M, dim)``, ``values`` ``(M, C)`` the normalised intensities (or ``None`` with
@@ -419,7 +420,8 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
     ``mf_iter`` mean-field sweeps of the Potts prior ``beta`` from the posteriors without it; the labels are
     the last posteriors' ``argmax``. Cluster numbers keep the start's meaning (a cluster is never renumbered).
     ``bias_sigma > 0`` (voxels): a bias field on the intensities is estimated in each M step
-    (:func:`bias_field_step`) and subtracted in the next E step.
+    (:func:`bias_field_step`) and subtracted in the next E step. ``return_field``: also return the last field
+    ``(M, C)`` (``None`` without one), ``(labels, field)``.
     """
     lab = np.asarray(labels, dtype=np.int64)
     M, K = len(lab), int(n_clusters)
@@ -461,4 +463,6 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
         if v is not None and bias_sigma > 0:
             field = bias_field_step(v, q, shape, bias_sigma, mask=mk, field=field)
         release_memory()  # the step's (K, n) and (M, C) temporaries, out of the heaps
+    if return_field:
+        return q.argmax(0).astype(np.int64), field
     return q.argmax(0).astype(np.int64)

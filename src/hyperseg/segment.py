@@ -219,6 +219,27 @@ def _hmrf_from_intensity(points: np.ndarray, intensities: np.ndarray | None, n_c
                    bias_sigma=bias_sigma_voxels(cfg, voxel_size))
 
 
+def tissue_bias_field(points: np.ndarray, intensities: np.ndarray, cfg: Config, shape: tuple[int, int, int],
+                      mask: np.ndarray, voxel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The bias field of ``cfg.bias_classes`` classes (``Config.bias_classes``): ``(labels (M,), field (M, C))``.
+
+    Hidden-MRF EM with ``cfg.bias_classes`` classes on the ``M`` voxels of ``mask`` (``(D * H * W,)`` bool),
+    started as :func:`level_labels` starts it (k-means on intensity with ``refine_init: intensity``), estimating
+    the field of ``cfg.bias_fwhm`` mm in every M step (:func:`~hyperseg.regularize.hmrf_em`). ``points``
+    ``(M, d)``, ``intensities`` ``(M, C)``: the mask's voxels. FSL FAST fits its field with its tissue classes
+    (``-n 3``) the same way.
+    """
+    K = cfg.bias_classes
+    if len(points) < K:
+        raise ValueError(f"segment: the foreground holds {len(points)} voxel(s), fewer than bias_classes {K}")
+    start = (intensity_kmeans(intensities, K) if cfg.refine_init == "intensity"
+             else fit_level(points, K, cfg).labels)
+    return hmrf_em(points, intensities, start, K, shape, cfg.potts_beta,
+                   embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
+                   n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
+                   bias_sigma=bias_sigma_voxels(cfg, voxel_size), return_field=True)
+
+
 def level_labels(points: np.ndarray, n_clusters: int, cfg: Config, shape: tuple[int, int, int],
                  intensities: np.ndarray | None, mask: np.ndarray | None = None, seed: int = 0,
                  voxel_size: float = 1.0) -> np.ndarray:
@@ -258,7 +279,10 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
     clusters refined, then merged to ``K - 1`` by :func:`~hyperseg.interleave.merge_interleaved`); ``K = 1`` is
     all 0. ``foreground`` ``(N,)`` bool, when given, is the
     foreground instead of the 2-cluster level's (``Config.foreground = "threshold"``). ``voxel_size``: the grid's
-    voxel edge in mm (the bias field's width, ``Config.bias_fwhm``).
+    voxel edge in mm (the bias field's width, ``Config.bias_fwhm``). With ``refine: hmrf_em``, ``bias_fwhm > 0``
+    and ``bias_classes > 0`` the field is fitted once (:func:`tissue_bias_field`, on the finest level's field),
+    subtracted from the foreground's intensities and held fixed by every level's EM; the level of
+    ``bias_classes + 1`` labels takes that EM's labels.
     """
     ks = list(fields)
     N = int(np.prod(shape))
@@ -269,10 +293,21 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
     else:
         fg = np.asarray(foreground, dtype=bool).reshape(-1)
     out: dict[int, np.ndarray] = {}
+    inner_values, level_cfg, fixed = values[fg], cfg, {}
+    if cfg.refine == "hmrf_em" and cfg.bias_fwhm > 0 and cfg.bias_classes > 0 and any(k > 2 for k in ks):
+        # one bias field, of the tissue classes (Config.bias_classes), held fixed by every level's EM
+        finest = max(ks)
+        tissue, field = tissue_bias_field(fields[finest][fg], inner_values, cfg, shape, fg, voxel_size)
+        inner_values = inner_values - field
+        level_cfg = cfg.replace(bias_fwhm=0.0)
+        fixed = {cfg.bias_classes + 1: tissue}
+        del field
     for k in ks:
         lab = np.zeros(N, dtype=np.uint8)  # labels < MAX_CLUSTERS = 256: one byte per voxel while later levels run
         if k == 2:
             lab[fg] = 1
+        elif k in fixed:  # the level of the field's classes: the labels of the EM that fitted it
+            lab[fg] = fixed[k] + 1
         elif k > 2:
             if int(fg.sum()) < k - 1:
                 raise ValueError(f"segment: the foreground holds {int(fg.sum())} voxel(s), fewer than the {k - 1} "
@@ -281,7 +316,8 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
             n_fit = k - 1
             if cfg.overcluster > 1 and cfg.refine == "once":
                 n_fit = min(cfg.overcluster * (k - 1), int(fg.sum()))
-            inner = level_labels(pts, n_fit, cfg, shape, values[fg], mask=fg, seed=seed, voxel_size=voxel_size) + 1
+            inner = level_labels(pts, n_fit, level_cfg, shape, inner_values, mask=fg, seed=seed,
+                                 voxel_size=voxel_size) + 1
             if n_fit > k - 1:  # merge the most interleaved clusters back to K - 1 (interleave.py)
                 grid = np.zeros(N, dtype=np.int64)
                 grid[fg] = inner
