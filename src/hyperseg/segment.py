@@ -190,10 +190,7 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
     if cfg.refine == "hmrf_em":
         if cfg.refine_init == "intensity":
             return _hmrf_from_intensity(points, intensities, K, cfg, shape, mask, voxel_size)
-        return hmrf_em(points, intensities, fit.labels, K, shape, cfg.potts_beta,
-                       embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
-                       n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
-                       bias_sigma=bias_sigma_voxels(cfg, voxel_size))
+        return _hmrf(points, intensities, fit.labels, K, cfg, shape, mask, voxel_size)
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
         return fit.labels
     L = class_loglik(points, fit.labels, fit.centres, fit.method, latent=cfg.latent, c=cfg.c,
@@ -213,10 +210,17 @@ def _hmrf_from_intensity(points: np.ndarray, intensities: np.ndarray | None, n_c
     """Hidden-MRF EM started from :func:`~hyperseg.regularize.intensity_kmeans` (``refine_init: intensity``)."""
     if intensities is None:
         raise ValueError("segment: refine_init 'intensity' needs the voxels' intensities; pass intensities=")
-    return hmrf_em(points, intensities, intensity_kmeans(intensities, n_clusters), n_clusters, shape, cfg.potts_beta,
+    return _hmrf(points, intensities, intensity_kmeans(intensities, n_clusters), n_clusters, cfg, shape, mask,
+                 voxel_size)
+
+
+def _hmrf(points: np.ndarray, intensities: np.ndarray, start: np.ndarray, n_clusters: int, cfg: Config,
+          shape: tuple[int, int, int], mask: np.ndarray | None, voxel_size: float, return_field: bool = False):
+    """:func:`~hyperseg.regularize.hmrf_em` with ``cfg``'s prior, weights, iterations and bias field."""
+    return hmrf_em(points, intensities, start, n_clusters, shape, cfg.potts_beta,
                    embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
                    n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
-                   bias_sigma=bias_sigma_voxels(cfg, voxel_size))
+                   bias_sigma=bias_sigma_voxels(cfg, voxel_size), return_field=return_field)
 
 
 def tissue_bias_field(points: np.ndarray, intensities: np.ndarray, cfg: Config, shape: tuple[int, int, int],
@@ -234,10 +238,7 @@ def tissue_bias_field(points: np.ndarray, intensities: np.ndarray, cfg: Config, 
         raise ValueError(f"segment: the foreground holds {len(points)} voxel(s), fewer than bias_classes {K}")
     start = (intensity_kmeans(intensities, K) if cfg.refine_init == "intensity"
              else fit_level(points, K, cfg).labels)
-    return hmrf_em(points, intensities, start, K, shape, cfg.potts_beta,
-                   embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
-                   n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
-                   bias_sigma=bias_sigma_voxels(cfg, voxel_size), return_field=True)
+    return _hmrf(points, intensities, start, K, cfg, shape, mask, voxel_size, return_field=True)
 
 
 def level_labels(points: np.ndarray, n_clusters: int, cfg: Config, shape: tuple[int, int, int],
