@@ -1,5 +1,6 @@
 """``foreground: auto`` on a scan that keeps skull and scalp: the intensity mask (the brain) lies inside the
-2-cluster split (the head), and is taken although the two disagree (segment.nesting, mask_inside_split)."""
+2-cluster split (the head), and is taken although the two disagree (foreground.nesting,
+mask_inside_split, choose_mask)."""
 import numpy as np
 import pytest
 

@@ -150,11 +150,12 @@ def choose_mask(image: np.ndarray, split: np.ndarray, cfg: Config) -> MaskChoice
     shape = tuple(int(n) for n in image.shape)
     band = split_reach(cfg)
     masks = [auto_mask(image, cleanup=r).reshape(-1) for r in MASK_CLEANUPS]
-    agreements = [mask_agreement(m, split, shape, band=band) for m in masks]
     depth = split_depth(split, shape)  # one distance transform of the split for every mask
-    for r, m, a in zip(MASK_CLEANUPS, masks, agreements):
+    for r, m in zip(MASK_CLEANUPS, masks):
         if mask_inside_split(m, split, shape, depth):
+            a = mask_agreement(m, split, shape, band=band)
             return MaskChoice(m, a, a < cfg.foreground_agreement, r)
+    agreements = [mask_agreement(m, split, shape, band=band) for m in masks]
     for r, m, a in zip(MASK_CLEANUPS, masks, agreements):
         if a >= cfg.foreground_agreement:
             return MaskChoice(m, a, False, r)

@@ -102,7 +102,8 @@ class Segmentation:
     foreground: str | None = None
     #: ``foreground: auto``: the Dice between the intensity mask and the 2-cluster split that chose it
     agreement: float | None = None
-    #: ``foreground: auto``: the mask was taken for lying inside the split although the two disagree (:func:`~hyperseg.foreground.choose_mask`)
+    #: ``foreground: auto``: the mask was taken for lying inside the split although the two disagree
+    #: (:func:`~hyperseg.foreground.choose_mask`)
     inside_split: bool = False
 
 
@@ -393,7 +394,7 @@ def segment_embedding(
                 raw = np.asarray(x if array is None else array, dtype=np.float64).mean(0)
                 if cfg.foreground == "threshold":
                     fg, source = auto_mask(raw).reshape(-1), "mask"
-                else:  # the mask where it agrees with the split or lies inside it, with the masked stage; else the split
+                else:  # the mask where it agrees with or lies inside the split, with the masked stage; else the split
                     fg = split_foreground(fields, values, cfg, shape, seed=seed, voxel_size=voxel_size)
                     choice = choose_mask(raw, fg, cfg)
                     agreement, inside = choice.agreement, choice.inside_split
