@@ -39,7 +39,8 @@ REFINE_INITS = ("clusters", "intensity")
 FOREGROUNDS = ("split", "threshold", "auto")
 #: Segmentation fields ``Config.masked_stage`` may set: the refinement of the levels inside an intensity mask.
 MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "embedding_weight_mm", "intensity_weight",
-                       "potts_beta", "potts_method", "potts_iter", "refine_iter", "bias_fwhm", "bias_classes")
+                       "potts_beta", "potts_method", "potts_iter", "refine_iter", "bias_fwhm", "bias_classes",
+                       "mixture_proportions")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 #: What the convolutions run in (``embed_dtype``, ``train_dtype``; nn/precision.py): "auto" is bfloat16 where the
@@ -188,10 +189,15 @@ class Config:
     # / bias settings) and 1 mm (3 settings), grey-matter level and three tissue classes, and the MNI152 template
     # with its CSF / GM / WM truth (4 settings at 2 mm); mean over the three of both scores 0.790 against 0.783
     # for the previous 0.15 / 1, the best of the grid, and above it on each brain (masked_stage_colin27*.json,
-    # masked_stage_mni152.json); keys from MASKED_STAGE_FIELDS
+    # masked_stage_mni152.json). The classes' log mixing proportions at weight 0.25 (mixture_proportions): of 0.25 /
+    # 0.5 / 0.75 / 1 the largest above the weight 0 on each of four brain groups (Colin27 2 mm and 1 mm, MNI152 2 mm
+    # and 1 mm) at both levels; mean of the two scores over the four 0.825 against 0.814 (0.5 and 0.75: 0.830, but
+    # the MNI152 template's CSF class shrinks at 2 mm; masked_stage_proportions_*.json). Keys from
+    # MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
         "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.1, "embedding_weight_mm": 2.0,
-        "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0, "bias_classes": 3})
+        "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0, "bias_classes": 3,
+        "mixture_proportions": 0.25})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -252,6 +258,10 @@ class Config:
     # takes part of their contrast (2 classes in a brain: GM with CSF or with WM). The masked stage's 3 raised the
     # grey-matter level on Colin27 (2 mm, 4 settings) and the MNI152 template (BENCHMARKS.md)
     bias_classes: int = 0
+    # hmrf_em only: weight tau of each class's log mixing proportion in the EM's E step (the weights of a Gaussian
+    # mixture, re-estimated every iteration from the posteriors without the Potts prior: regularize.mixing_proportions);
+    # 0 = every class equally likely a priori (FAST's hidden-MRF EM, where the Potts prior is the only prior)
+    mixture_proportions: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -385,6 +395,11 @@ class Config:
         need(self.refine_init in REFINE_INITS,
              f"refine_init must be one of {', '.join(REFINE_INITS)}, got {self.refine_init!r}")
         need(self.bias_fwhm >= 0, f"bias_fwhm must be >= 0 mm (0 = no bias field), got {self.bias_fwhm}")
+        need(self.mixture_proportions >= 0,
+             f"mixture_proportions must be >= 0 (0 = classes equally likely a priori), got {self.mixture_proportions}")
+        need(self.mixture_proportions == 0 or self.refine == "hmrf_em",
+             f"mixture_proportions {self.mixture_proportions} is read by refine 'hmrf_em' only, got refine "
+             f"{self.refine!r}; set refine: hmrf_em or mixture_proportions: 0")
         need(isinstance(self.bias_classes, int) and not isinstance(self.bias_classes, bool) and self.bias_classes >= 0,
              f"bias_classes must be an integer >= 0 (0 = a bias field per level), got {self.bias_classes!r}")
         need(self.bias_fwhm == 0 or self.refine == "hmrf_em",

@@ -407,11 +407,28 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
     return field
 
 
+def mixing_proportions(loglik: np.ndarray) -> np.ndarray:
+    """Log mixing proportions ``(K,)`` of the posteriors of ``loglik`` ``(M, K)`` without the spatial prior.
+
+    ``log pi_k = log( sum_i p_i(k) / M )``, ``p_i(k) = exp L[i, k] / sum_j exp L[i, j]``: the M step of a Gaussian
+    mixture's weights. The posteriors are those of the data term (and of the previous proportions), not the Potts
+    mean field's: the prior makes a large class larger, and its proportion then makes it larger again; with the
+    mean field's posteriors the CSF class of the MNI152 template at 2 mm was gone (Dice 0.00-0.10, prototype in
+    BENCHMARKS.md). A class holding less than one voxel's worth of posterior counts as one voxel (``log`` of 0
+    guarded).
+    """
+    L = np.asarray(loglik, dtype=np.float64)
+    post = np.exp(L - L.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    return np.log(np.maximum(post.sum(0), 1.0) / len(L))
+
+
 def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,
             shape: tuple[int, int, int], beta: float, embedding_weight: float = 1.0,
             intensity_weight: float = 1.0, n_iter: int = 8, mf_iter: int = 2, latent: str = "hyperbolic",
             c: float = 1.0, mask: np.ndarray | None = None, bias_sigma: float = 0.0,
-            return_field: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+            return_field: bool = False, proportions: float = 0.0
+            ) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Hidden-MRF EM on embedding and intensities from ``labels`` (module docstring); labels ``(M,)`` int64.
 
     ``points`` ``(M, dim)``, ``values`` ``(M, C)`` the normalised intensities (or ``None`` with
@@ -421,7 +438,9 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
     the last posteriors' ``argmax``. Cluster numbers keep the start's meaning (a cluster is never renumbered).
     ``bias_sigma > 0`` (voxels): a bias field on the intensities is estimated in each M step
     (:func:`bias_field_step`) and subtracted in the next E step. ``return_field``: also return the last field
-    ``(M, C)`` (``None`` without one), ``(labels, field)``.
+    ``(M, C)`` (``None`` without one), ``(labels, field)``. ``proportions`` ``tau > 0``: each E step adds
+    ``tau * log pi_k`` to every voxel's ``L[i, k]``, ``pi`` the mixing proportions of the previous E step
+    (:func:`mixing_proportions`; none in the first).
     """
     lab = np.asarray(labels, dtype=np.int64)
     M, K = len(lab), int(n_clusters)
@@ -429,8 +448,8 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
     mk = _grid_mask(mask, shape, M)
     if mk is None and M != n:
         raise ValueError(f"regularize: {M} labels for grid {shape} ({n} voxels); give a mask or one per voxel")
-    if beta < 0 or embedding_weight < 0 or intensity_weight < 0 or bias_sigma < 0:
-        raise ValueError("regularize: beta, the weights and bias_sigma must be >= 0")
+    if beta < 0 or embedding_weight < 0 or intensity_weight < 0 or bias_sigma < 0 or proportions < 0:
+        raise ValueError("regularize: beta, the weights, bias_sigma and proportions must be >= 0")
     emb = tangent_features(points, latent, c) if embedding_weight > 0 else None
     v = None
     if intensity_weight > 0:
@@ -447,12 +466,17 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
     m3 = None if mk is None else mk.reshape(shape)
     q = np.eye(K)[lab].T  # (K, M) responsibilities of the start
     field = None  # the bias field (M, C) of bias_sigma, none before the first M step
+    log_pi = None  # log mixing proportions (K,) of the previous E step, with proportions > 0
     for _ in range(n_iter):
         L = np.zeros((M, K))
         if emb is not None:
             L += embedding_weight * diagonal_gaussian_loglik(emb, q)
         if v is not None:
             L += intensity_weight * diagonal_gaussian_loglik(v if field is None else v - field, q)
+        if proportions > 0:
+            if log_pi is not None:
+                L += proportions * log_pi[None]
+            log_pi = mixing_proportions(L)
         # float32 mean field: posteriors need no more, and the sweeps are memory-bound
         grid = _on_grid(L, mk, n).reshape((K,) + tuple(shape)).astype(np.float32)
         # each E step starts from the posteriors without the prior: started from the previous (one-hot at

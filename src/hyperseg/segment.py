@@ -221,7 +221,8 @@ def _hmrf(points: np.ndarray, intensities: np.ndarray, start: np.ndarray, n_clus
     return hmrf_em(points, intensities, start, n_clusters, shape, cfg.potts_beta,
                    embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
                    n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
-                   bias_sigma=bias_sigma_voxels(cfg, voxel_size), return_field=return_field)
+                   bias_sigma=bias_sigma_voxels(cfg, voxel_size), return_field=return_field,
+                   proportions=cfg.mixture_proportions)
 
 
 def tissue_bias_field(points: np.ndarray, intensities: np.ndarray, cfg: Config, shape: tuple[int, int, int],
