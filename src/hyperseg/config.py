@@ -189,11 +189,11 @@ class Config:
     # / bias settings) and 1 mm (3 settings), grey-matter level and three tissue classes, and the MNI152 template
     # with its CSF / GM / WM truth (4 settings at 2 mm); mean over the three of both scores 0.790 against 0.783
     # for the previous 0.15 / 1, the best of the grid, and above it on each brain (masked_stage_colin27*.json,
-    # masked_stage_mni152.json). The classes' log mixing proportions at weight 0.25 (mixture_proportions): of 0.25 /
-    # 0.5 / 0.75 / 1 the largest above the weight 0 on each of four brain groups (Colin27 2 mm and 1 mm, MNI152 2 mm
-    # and 1 mm) at both levels; mean of the two scores over the four 0.825 against 0.814 (0.5 and 0.75: 0.830, but
-    # the MNI152 template's CSF class shrinks at 2 mm; masked_stage_proportions_*.json). Keys from
-    # MASKED_STAGE_FIELDS
+    # masked_stage_mni152.json). The classes' log mixing proportions at weight 0.25 (mixture_proportions): of
+    # 0.25 / 0.5 / 0.75 / 1 the largest above the weight 0 on each of four brain groups (Colin27 2 mm and 1 mm,
+    # MNI152 2 mm and 1 mm) at both levels; mean of the two scores over the four 0.825 against 0.814 (0.5 / 0.75:
+    # 0.830 / 0.831, but the MNI152 template's CSF class shrinks at 2 mm; masked_stage_proportions_*.json). Keys
+    # from MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
         "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.1, "embedding_weight_mm": 2.0,
         "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0, "bias_classes": 3,
