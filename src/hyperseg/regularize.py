@@ -51,7 +51,11 @@ intensity term reads ``v_i - b_i`` and each M step re-estimates ``b`` from the
 posterior-weighted residuals (:func:`bias_field_step`). The field is additive
 in the normalised intensities: a multiplicative scanner field ``x (1 + e)``
 read to first order in ``e`` (the tissue classes of a brain lie within a factor
-of about 2 of each other).
+of about 2 of each other). With ``proportions = tau > 0`` each E step also adds
+``tau * log pi_k``, ``pi`` a Gaussian mixture's weights estimated from the
+previous E step's posteriors without the Potts prior (:func:`mixing_proportions`):
+with every class equally likely a priori, the class with the widest Gaussian
+(CSF in a brain) takes the tail of its neighbour.
 
 :func:`foreground_of` reads the foreground of a two-cluster level for
 ``Config.hierarchy = "foreground"``: background is the cluster holding most of
