@@ -417,9 +417,9 @@ def mixing_proportions(loglik: np.ndarray) -> np.ndarray:
     ``log pi_k = log( sum_i p_i(k) / M )``, ``p_i(k) = exp L[i, k] / sum_j exp L[i, j]``: the M step of a Gaussian
     mixture's weights. The posteriors are those of the data term (and of the previous proportions), not the Potts
     mean field's: the prior makes a large class larger, and its proportion then makes it larger again; with the
-    mean field's posteriors the CSF class of the MNI152 template at 2 mm was gone (Dice 0.00-0.10, prototype in
-    BENCHMARKS.md). A class holding less than one voxel's worth of posterior counts as one voxel (``log`` of 0
-    guarded).
+    mean field's posteriors (weight 1) the CSF class of the MNI152 template at 2 mm was gone (Dice 0.00-0.10, a
+    prototype in BENCHMARKS.md). A class holding less than one voxel's worth of posterior counts as one voxel
+    (``log`` of 0 guarded).
     """
     L = np.asarray(loglik, dtype=np.float64)
     post = np.exp(L - L.max(1, keepdims=True))
