@@ -70,7 +70,7 @@ import torch
 
 from .config import POTTS_METHODS
 from .geometry.poincare import pairwise_dist
-from .potts import icm, mean_field
+from .potts import _softmax0, icm, mean_field
 from .utils import release_memory
 
 __all__ = ["POTTS_METHODS", "bias_field_step", "normalised_low_pass", "border_cluster", "foreground_of", "class_loglik", "diagonal_gaussian_loglik", "hmrf_em",
@@ -411,20 +411,18 @@ def bias_field_step(values: np.ndarray, resp: np.ndarray, shape: tuple[int, int,
     return field
 
 
-def mixing_proportions(loglik: np.ndarray) -> np.ndarray:
-    """Log mixing proportions ``(K,)`` of the posteriors of ``loglik`` ``(M, K)`` without the spatial prior.
+def mixing_proportions(post: np.ndarray) -> np.ndarray:
+    """Log mixing proportions ``(K,)`` of posteriors ``post`` ``(K, M)`` (each column sums to 1).
 
-    ``log pi_k = log( sum_i p_i(k) / M )``, ``p_i(k) = exp L[i, k] / sum_j exp L[i, j]``: the M step of a Gaussian
-    mixture's weights. The posteriors are those of the data term (and of the previous proportions), not the Potts
-    mean field's: the prior makes a large class larger, and its proportion then makes it larger again; with the
-    mean field's posteriors (weight 1) the CSF class of the MNI152 template at 2 mm was gone (Dice 0.00-0.10, a
+    ``log pi_k = log( sum_i p_i(k) / M )``: the M step of a Gaussian mixture's weights. :func:`hmrf_em` gives it
+    the posteriors of the data term (and of the previous proportions) without the Potts prior, the mean field's
+    start: the prior makes a large class larger, and its proportion then makes it larger again; with the mean
+    field's posteriors (weight 1) the CSF class of the MNI152 template at 2 mm was gone (Dice 0.00-0.10, a
     prototype in BENCHMARKS.md). A class holding less than one voxel's worth of posterior counts as one voxel
-    (``log`` of 0 guarded).
+    (``log`` of 0 guarded). Summed in float64 whatever ``post``'s type.
     """
-    L = np.asarray(loglik, dtype=np.float64)
-    post = np.exp(L - L.max(1, keepdims=True))
-    post /= post.sum(1, keepdims=True)
-    return np.log(np.maximum(post.sum(0), 1.0) / len(L))
+    p = np.asarray(post)
+    return np.log(np.maximum(p.sum(1, dtype=np.float64), 1.0) / p.shape[1])
 
 
 def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n_clusters: int,
@@ -477,17 +475,18 @@ def hmrf_em(points: np.ndarray, values: np.ndarray | None, labels: np.ndarray, n
             L += embedding_weight * diagonal_gaussian_loglik(emb, q)
         if v is not None:
             L += intensity_weight * diagonal_gaussian_loglik(v if field is None else v - field, q)
-        if proportions > 0:
-            if log_pi is not None:
-                L += proportions * log_pi[None]
-            log_pi = mixing_proportions(L)
+        if log_pi is not None:
+            L += proportions * log_pi[None]
         # float32 mean field: posteriors need no more, and the sweeps are memory-bound
         grid = _on_grid(L, mk, n).reshape((K,) + tuple(shape)).astype(np.float32)
         # each E step starts from the posteriors without the prior: started from the previous (one-hot at
         # first) posteriors, the prior holds the start's partition and the EM cannot leave it
-        qg = mean_field(grid, beta, mask=m3, n_iter=mf_iter).reshape(K, -1)
+        start = _softmax0(grid)
+        if proportions > 0:  # the next E step's weights, from these posteriors (without the prior)
+            log_pi = mixing_proportions(start.reshape(K, -1) if mk is None else start.reshape(K, -1)[:, mk])
+        qg = mean_field(grid, beta, q=start, mask=m3, n_iter=mf_iter).reshape(K, -1)
         q = qg if mk is None else qg[:, mk]
-        del grid, qg  # (K, n) each: not held through the M step
+        del grid, start, qg  # (K, n) each: not held through the M step
         if v is not None and bias_sigma > 0:
             field = bias_field_step(v, q, shape, bias_sigma, mask=mk, field=field)
         release_memory()  # the step's (K, n) and (M, C) temporaries, out of the heaps
