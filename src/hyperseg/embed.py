@@ -21,12 +21,28 @@ so the window ``[j0, j0 + m)`` covers native ``[v - p/2, v + p/2]``; for even
 
 The pass is tiled in 3D blocks of ``embed_tile`` output voxels, so memory is
 bounded by the block, not the volume.
+
+Constant background
+-------------------
+A skull-stripped scan, a masked stack or a zero-padded volume holds a region of
+one constant value ``b`` (per channel). Voxel ``v``'s embedding reads only the
+native voxels within ``P - 1`` (:func:`padding_for`) of ``v`` along each axis:
+the window covers ``[v - p/2, v + p/2]`` and trilinear resampling adds one
+neighbour on each side; the check uses ``r = P``, one voxel to spare (with
+``r = P - 2`` the embedding moves by about 3e-4, which
+``tests/test_embed_constant.py`` catches). Where all of them equal ``b`` the embedding is
+``f(b)``, the embedding of a constant volume: the output is filled with ``f(b)``
+and each tile encodes only the bounding box of its other voxels, none if it
+has none (:func:`constant_background`). Padding keeps this exact: ``replicate`` and
+``reflect`` copy voxels from within ``r`` of ``v``; ``zeros`` pads with 0, so
+with ``b != 0`` the voxels within ``r`` of the volume's faces are encoded.
 """
 from __future__ import annotations
 
 import itertools
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
@@ -79,6 +95,50 @@ def pad_volume(volume: torch.Tensor, pad: int, mode: str) -> torch.Tensor:
     return F.pad(x, (pad,) * 6, mode=_TORCH_PAD[mode])
 
 
+#: Below this share of voxels equal to the corner's value the background is not looked for (a noisy
+#: background: the dilation would cost time and find nothing to skip).
+MIN_CONSTANT_SHARE = 0.05
+
+
+def constant_background(volume: torch.Tensor, reach: int, pad_mode: str
+                        ) -> tuple[torch.Tensor, np.ndarray] | None:
+    """The volume's constant background and the voxels whose embedding reads anything else.
+
+    ``volume`` ``(C, D, H, W)``; ``b`` ``(C,)`` is the value of voxel ``(0, 0, 0)``. Returns ``(b, active)``,
+    ``active`` ``(D, H, W)`` bool: the voxels with a voxel ``!= b`` (in any channel) within ``reach`` along
+    every axis (a cube of edge ``2 reach + 1``), and, with ``pad_mode == "zeros"`` and ``b != 0``, the voxels
+    within ``reach`` of a face, which read the padding. Every other voxel's embedding is that of a constant
+    volume of ``b`` (module docstring). ``None`` when fewer than :data:`MIN_CONSTANT_SHARE` of the voxels
+    equal ``b`` (no constant background).
+    """
+    from scipy import ndimage
+
+    v = volume.detach().cpu()
+    b = v[:, 0, 0, 0].clone()
+    differs = (v != b[:, None, None, None]).any(0).numpy()
+    if 1.0 - float(differs.mean()) < MIN_CONSTANT_SHARE:
+        return None
+    active = ndimage.maximum_filter(differs, size=2 * reach + 1, mode="constant", cval=False)
+    if pad_mode == "zeros" and bool((b != 0).any()):
+        active[:reach] = active[-reach:] = True
+        active[:, :reach] = active[:, -reach:] = True
+        active[:, :, :reach] = active[:, :, -reach:] = True
+    return b, active
+
+
+def _active_box(active: np.ndarray, ranges: list[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    """The bounding box ``[(start, stop)] * 3`` of ``active``'s voxels inside the tile ``ranges``; ``None`` if
+    it holds none. Only the box is encoded: a tile at the rim of a brain is mostly background."""
+    sub = active[tuple(slice(a, b) for a, b in ranges)]
+    if not sub.any():
+        return None
+    box = []
+    for axis, (a, _) in enumerate(ranges):
+        hit = np.flatnonzero(sub.any(axis=tuple(j for j in range(3) if j != axis)))
+        box.append((a + int(hit[0]), a + int(hit[-1]) + 1))
+    return box
+
+
 @torch.no_grad()
 def embed_volume(
     model: HyperVAE,
@@ -89,6 +149,7 @@ def embed_volume(
     progress: bool = False,
     strided: bool = True,
     dtype: str | None = None,
+    skip_constant: bool = True,
 ) -> torch.Tensor:
     """Embedding of every voxel by one tiled fully-convolutional pass.
 
@@ -102,7 +163,10 @@ def embed_volume(
     what the encoder's convolutions run in, ``"float32"``, ``"bfloat16"`` or
     ``"auto"`` (bfloat16 where the device multiplies it natively; see
     :mod:`hyperseg.nn.precision`); the heads and ``exp_0`` stay in float32 / the
-    latent dtype.
+    latent dtype. ``skip_constant``: voxels that see only the volume's constant
+    background (:func:`constant_background`) take the embedding of a constant
+    volume, and each tile encodes only the bounding box of the others
+    (``False``: encode every voxel, for testing and benchmarks).
     """
     cfg = model.cfg
     p = patch_edge or cfg.embed_patch_edge
@@ -127,9 +191,21 @@ def embed_volume(
     shape = volume.shape[1:]
     starts = [window_starts(n, p, s, pad) for n in shape]
     out: torch.Tensor | None = None
-    blocks = list(itertools.product(*[range(0, n, tile) for n in shape]))
-    for corner in tqdm(blocks, desc="embed", unit="tile", disable=not progress, leave=False):
-        sel = [st[c:c + tile] for st, c in zip(starts, corner)]
+    # each tile as its output ranges [(start, stop)] * 3
+    blocks = [[(c, min(c + tile, n)) for c, n in zip(corner, shape)]
+              for corner in itertools.product(*[range(0, n, tile) for n in shape])]
+    background = constant_background(volume, pad, pad_mode) if skip_constant and len(blocks) > 1 else None
+    if background is not None:
+        b, active = background
+        blocks = [r for r in (_active_box(active, blk) for blk in blocks) if r is not None]
+        # f(b): the centre of a constant volume of b, far enough from its faces for any padding
+        q = 2 * pad + 1
+        const = b.to(volume.dtype)[:, None, None, None].expand(-1, q, q, q).contiguous()
+        fb = embed_volume(model, const, patch_edge=p, tile=q, pad_mode=pad_mode, strided=strided,
+                          dtype=dtype, skip_constant=False)[pad, pad, pad]
+        out = fb.expand(*shape, fb.shape[-1]).clone()
+    for ranges in tqdm(blocks, desc="embed", unit="tile", disable=not progress, leave=False):
+        sel = [st[a:b] for st, (a, b) in zip(starts, ranges)]
         lo = [int(s_[0]) for s_ in sel]
         hi = [int(s_[-1]) + m for s_ in sel]
         block = x[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].contiguous(memory_format=layout)
@@ -142,7 +218,7 @@ def embed_volume(
             loc = loc[sel[0] - lo[0]][:, sel[1] - lo[1]][:, :, sel[2] - lo[2]]
         if out is None:
             out = torch.empty(*shape, loc.shape[-1], dtype=loc.dtype)
-        a, b, c = corner
+        (a, _), (b, _), (c, _) = ranges
         out[a:a + loc.shape[0], b:b + loc.shape[1], c:c + loc.shape[2]] = loc.cpu()
     model.train(was_training)
     assert out is not None
