@@ -78,6 +78,7 @@ def test_proportions_keep_a_wide_small_class_out_of_the_large_classs_tail():
 @pytest.mark.parametrize("bad, match", [
     (dict(refine="hmrf_em", mixture_proportions=-0.5), "mixture_proportions must be >= 0"),
     (dict(refine="once", mixture_proportions=1.0), "read by refine 'hmrf_em' only"),
+    (dict(refine="hmrf_em", mixture_proportions=0.25, mixture_proportions_mm=-2.0), "mixture_proportions_mm must be >= 0"),
 ])
 def test_the_proportions_weight_is_validated(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -110,3 +111,31 @@ def test_the_masked_stage_passes_its_proportions_weight_to_the_em(monkeypatch):
     emb = np.zeros((12, 12, 12, 2), np.float32)
     segment.segment_embedding(cfg, emb, x, [2, 3])
     assert seen and all(p == 0.7 for p in seen)
+    # with a reference edge, the weight the EM gets follows the grid's voxel edge
+    seen.clear()
+    segment.segment_embedding(cfg.replace(mixture_proportions=0.25, mixture_proportions_mm=2.0), emb, x, [2, 3],
+                              voxel_size=1.0)
+    assert seen and all(p == 0.5 for p in seen)
+
+
+@pytest.mark.parametrize("tau, ref_mm, voxel, expected", [
+    (0.25, 2.0, 2.0, 0.25),   # at the reference edge: as given
+    (0.25, 2.0, 3.0, 0.25),   # coarser: as given, never less
+    (0.25, 2.0, 1.0, 0.5),    # half the edge: twice the weight
+    (0.25, 2.0, 0.8, 0.625),
+    (0.25, 2.0, 0.4, 1.0),    # at most a Gaussian mixture's weight
+    (1.5, 2.0, 0.5, 1.5),     # a weight set above 1 is kept, not lowered by the cap
+    (0.25, 0.0, 1.0, 0.25),   # no reference edge: the same weight at every voxel size
+    (0.0, 2.0, 1.0, 0.0),     # no proportions stays none
+])
+def test_the_proportions_weight_grows_as_the_voxel_edge_shrinks(tau, ref_mm, voxel, expected):
+    from hyperseg.segment import hmrf_proportions
+
+    cfg = Config(refine="hmrf_em", mixture_proportions=tau, mixture_proportions_mm=ref_mm)
+    assert hmrf_proportions(cfg, voxel) == pytest.approx(expected)
+
+
+def test_the_masked_stage_sets_the_reference_edge():
+    assert Config().mixture_proportions_mm == 0.0
+    masked = Config().masked_config()
+    assert masked.mixture_proportions == 0.25 and masked.mixture_proportions_mm == 2.0

@@ -40,7 +40,7 @@ FOREGROUNDS = ("split", "threshold", "auto")
 #: Segmentation fields ``Config.masked_stage`` may set: the refinement of the levels inside an intensity mask.
 MASKED_STAGE_FIELDS = ("refine", "refine_init", "embedding_weight", "embedding_weight_mm", "intensity_weight",
                        "potts_beta", "potts_method", "potts_iter", "refine_iter", "bias_fwhm", "bias_classes",
-                       "mixture_proportions")
+                       "mixture_proportions", "mixture_proportions_mm")
 #: Most clusters a level may have: label maps are stored as uint8.
 MAX_CLUSTERS = 256
 #: What the convolutions run in (``embed_dtype``, ``train_dtype``; nn/precision.py): "auto" is bfloat16 where the
@@ -192,12 +192,13 @@ class Config:
     # masked_stage_mni152.json). The classes' log mixing proportions at weight 0.25 (mixture_proportions): of
     # 0.25 / 0.5 / 0.75 / 1 the largest above the weight 0 on each of four brain groups (Colin27 2 mm and 1 mm,
     # MNI152 2 mm and 1 mm) at both levels; mean of the two scores over the four 0.825 against 0.814 (0.5 / 0.75:
-    # 0.830 / 0.831, but the MNI152 template's CSF class shrinks at 2 mm; masked_stage_proportions_*.json). Keys
-    # from MASKED_STAGE_FIELDS
+    # 0.830 / 0.831, but the MNI152 template's CSF class shrinks at 2 mm; masked_stage_proportions_*.json); on finer
+    # grids in inverse proportion to the voxel edge (mixture_proportions_mm 2: 0.5 at 1 mm), which raised all five
+    # 1 mm settings of three images at both levels (masked_stage_proportions_1mm.json). Keys from MASKED_STAGE_FIELDS
     masked_stage: dict[str, Any] = field(default_factory=lambda: {
         "refine": "hmrf_em", "refine_init": "intensity", "embedding_weight": 0.1, "embedding_weight_mm": 2.0,
         "intensity_weight": 1.0, "potts_beta": 1.5, "bias_fwhm": 20.0, "bias_classes": 3,
-        "mixture_proportions": 0.25})
+        "mixture_proportions": 0.25, "mixture_proportions_mm": 2.0})
     # "kmeans": hyperbolic k-means (paper); "mixture": a scale per cluster (mixture.py);
     # "kmedians": geometric-median centroids, unsquared distances (kmedians.py)
     clustering: str = "kmeans"
@@ -262,6 +263,12 @@ class Config:
     # mixture, re-estimated every iteration from the posteriors without the Potts prior: regularize.mixing_proportions);
     # 0 = every class equally likely a priori (FAST's hidden-MRF EM, where the Potts prior is the only prior)
     mixture_proportions: float = 0.0
+    # hmrf_em only: the voxel edge (mm) at and above which mixture_proportions applies as given; on a finer grid the
+    # weight is mixture_proportions x mixture_proportions_mm / voxel edge, at most 1 (a Gaussian mixture's weights):
+    # on a coarse grid a thin class (sulcal CSF at 2 mm) is mostly partial-volume voxels with no mode of its own,
+    # and its weight starves it; on a fine grid the classes are pure and their weights are what a mixture fits.
+    # 0 = the same weight at every voxel size (segment.hmrf_proportions; the masked stage sets 2 mm: 0.5 at 1 mm)
+    mixture_proportions_mm: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -397,6 +404,8 @@ class Config:
         need(self.bias_fwhm >= 0, f"bias_fwhm must be >= 0 mm (0 = no bias field), got {self.bias_fwhm}")
         need(self.mixture_proportions >= 0,
              f"mixture_proportions must be >= 0 (0 = classes equally likely a priori), got {self.mixture_proportions}")
+        need(self.mixture_proportions_mm >= 0, f"mixture_proportions_mm must be >= 0 mm (0 = the same weight at every "
+             f"voxel size), got {self.mixture_proportions_mm}")
         need(self.mixture_proportions == 0 or self.refine == "hmrf_em",
              f"mixture_proportions {self.mixture_proportions} is read by refine 'hmrf_em' only, got refine "
              f"{self.refine!r}; set refine: hmrf_em or mixture_proportions: 0")

@@ -171,6 +171,18 @@ def hmrf_embedding_weight(cfg: Config, voxel_size: float) -> float:
     return cfg.embedding_weight * min(1.0, voxel_size / cfg.embedding_weight_mm)
 
 
+def hmrf_proportions(cfg: Config, voxel_size: float) -> float:
+    """The mixing proportions' weight in hidden-MRF EM on a grid of ``voxel_size`` mm voxels:
+    ``tau = min(1, mixture_proportions x max(1, mixture_proportions_mm / voxel_size))``, or ``mixture_proportions``
+    when ``mixture_proportions_mm`` is 0 (``Config.mixture_proportions_mm``). On a coarse grid a thin class is
+    mostly partial-volume voxels and a full weight starves it; on a finer grid the classes are purer and the weight
+    grows toward a Gaussian mixture's (1). A weight above 1 is kept as given."""
+    tau = cfg.mixture_proportions
+    if cfg.mixture_proportions_mm <= 0 or tau <= 0 or voxel_size >= cfg.mixture_proportions_mm:
+        return tau
+    return max(tau, min(1.0, tau * cfg.mixture_proportions_mm / voxel_size))
+
+
 def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tuple[int, int, int],
                      intensities: np.ndarray | None = None, mask: np.ndarray | None = None,
                      voxel_size: float = 1.0) -> np.ndarray:
@@ -222,7 +234,7 @@ def _hmrf(points: np.ndarray, intensities: np.ndarray, start: np.ndarray, n_clus
                    embedding_weight=hmrf_embedding_weight(cfg, voxel_size), intensity_weight=cfg.intensity_weight,
                    n_iter=cfg.refine_iter, latent=cfg.latent, c=cfg.c, mask=mask,
                    bias_sigma=bias_sigma_voxels(cfg, voxel_size), return_field=return_field,
-                   proportions=cfg.mixture_proportions)
+                   proportions=hmrf_proportions(cfg, voxel_size))
 
 
 def tissue_bias_field(points: np.ndarray, intensities: np.ndarray, cfg: Config, shape: tuple[int, int, int],
