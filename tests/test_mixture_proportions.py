@@ -122,9 +122,10 @@ def test_the_masked_stage_passes_its_proportions_weight_to_the_em(monkeypatch):
     (0.25, 2.0, 2.0, 0.25),   # at the reference edge: as given
     (0.25, 2.0, 3.0, 0.25),   # coarser: as given, never less
     (0.25, 2.0, 1.0, 0.5),    # half the edge: twice the weight
-    (0.25, 2.0, 0.8, 0.625),
-    (0.25, 2.0, 0.4, 1.0),    # at most a Gaussian mixture's weight
-    (1.5, 2.0, 0.5, 1.5),     # a weight set above 1 is kept, not lowered by the cap
+    (0.2, 2.0, 1.6, 0.25),
+    (0.25, 2.0, 0.8, 0.5),    # at most MAX_GRID_PROPORTIONS, the largest weight that held at 1 mm
+    (0.25, 2.0, 0.0001, 0.5),  # a grid far finer than a brain's (0.1 um voxels): the same cap
+    (0.75, 2.0, 0.5, 0.75),   # a weight set above the cap is kept, not lowered by it
     (0.25, 0.0, 1.0, 0.25),   # no reference edge: the same weight at every voxel size
     (0.0, 2.0, 1.0, 0.0),     # no proportions stays none
 ])

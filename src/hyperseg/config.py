@@ -264,7 +264,7 @@ class Config:
     # 0 = every class equally likely a priori (FAST's hidden-MRF EM, where the Potts prior is the only prior)
     mixture_proportions: float = 0.0
     # hmrf_em only: the voxel edge (mm) at and above which mixture_proportions applies as given; on a finer grid the
-    # weight is mixture_proportions x mixture_proportions_mm / voxel edge, at most 1 (a Gaussian mixture's weights):
+    # weight is mixture_proportions x mixture_proportions_mm / voxel edge, at most 0.5 (segment.MAX_GRID_PROPORTIONS):
     # on a coarse grid a thin class (sulcal CSF at 2 mm) is mostly partial-volume voxels with no mode of its own,
     # and its weight starves it; on a fine grid the classes are pure and their weights are what a mixture fits.
     # 0 = the same weight at every voxel size (segment.hmrf_proportions; the masked stage sets 2 mm: 0.5 at 1 mm)

@@ -171,16 +171,24 @@ def hmrf_embedding_weight(cfg: Config, voxel_size: float) -> float:
     return cfg.embedding_weight * min(1.0, voxel_size / cfg.embedding_weight_mm)
 
 
+#: The most :func:`hmrf_proportions` raises the mixing proportions' weight to on a fine grid: 0.5 held at 1 mm on
+#: every setting, also through 16 EM iterations, while 1 lost a class once the EM ran longer (MNI152 1 mm, 30
+#: iterations: tissue classes 0.723; benchmarks/results/masked_stage_proportions_1mm.json,
+#: masked_stage_em_iterations.json). It also bounds the weight on grids far finer than a brain's (microscopy in um).
+MAX_GRID_PROPORTIONS = 0.5
+
+
 def hmrf_proportions(cfg: Config, voxel_size: float) -> float:
     """The mixing proportions' weight in hidden-MRF EM on a grid of ``voxel_size`` mm voxels:
-    ``tau = min(1, mixture_proportions x max(1, mixture_proportions_mm / voxel_size))``, or ``mixture_proportions``
-    when ``mixture_proportions_mm`` is 0 (``Config.mixture_proportions_mm``). On a coarse grid a thin class is
-    mostly partial-volume voxels and a full weight starves it; on a finer grid the classes are purer and the weight
-    grows toward a Gaussian mixture's (1). A weight above 1 is kept as given."""
+    ``tau = min(MAX_GRID_PROPORTIONS, mixture_proportions x mixture_proportions_mm / voxel_size)`` below
+    ``mixture_proportions_mm``, never less than ``mixture_proportions``; ``mixture_proportions`` itself at and above
+    that edge or when ``mixture_proportions_mm`` is 0 (``Config.mixture_proportions_mm``). On a coarse grid a thin
+    class is mostly partial-volume voxels and a large weight starves it; on a finer grid the classes are purer and
+    the weight grows toward a Gaussian mixture's, up to :data:`MAX_GRID_PROPORTIONS`."""
     tau = cfg.mixture_proportions
     if cfg.mixture_proportions_mm <= 0 or tau <= 0 or voxel_size >= cfg.mixture_proportions_mm:
         return tau
-    return max(tau, min(1.0, tau * cfg.mixture_proportions_mm / voxel_size))
+    return max(tau, min(MAX_GRID_PROPORTIONS, tau * cfg.mixture_proportions_mm / voxel_size))
 
 
 def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tuple[int, int, int],
