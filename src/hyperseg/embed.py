@@ -196,11 +196,11 @@ def embed_volume(
               for corner in itertools.product(*[range(0, n, tile) for n in shape])]
     background = constant_background(volume, pad, pad_mode) if skip_constant and len(blocks) > 1 else None
     if background is not None:
-        b, active = background
+        value, active = background
         blocks = [r for r in (_active_box(active, blk) for blk in blocks) if r is not None]
-        # f(b): the centre of a constant volume of b, far enough from its faces for any padding
+        # f(value): the centre of a constant volume, far enough from its faces for any padding
         q = 2 * pad + 1
-        const = b.to(volume.dtype)[:, None, None, None].expand(-1, q, q, q).contiguous()
+        const = value.to(volume.dtype)[:, None, None, None].expand(-1, q, q, q).contiguous()
         fb = embed_volume(model, const, patch_edge=p, tile=q, pad_mode=pad_mode, strided=strided,
                           dtype=dtype, skip_constant=False)[pad, pad, pad]
         out = fb.expand(*shape, fb.shape[-1]).clone()
