@@ -40,24 +40,31 @@ from hyperseg.segment import segment_embedding
 
 LEVELS = {1: 2, 2: 4, 3: 6}  # truth level -> clusters
 PAPER_STAGE = {"hierarchy": "independent", "clustering": "kmeans", "level_clustering": {}, "smooth_sigma": 0.0,
-               "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4}
+               "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4,
+               "coherence_sigma": 0.0}
+#: the stages before the coherence channel (coherence_sigma 0)
+_NO_COH = {"coherence_sigma": 0.0}
 #: name -> Config fields on top of the run's (``"preset"``: a shipped preset's fields first)
 STAGES: dict[str, dict] = {
     "paper segmentation stage (k-means per level, no smoothing)": PAPER_STAGE,
     "+ smoothing sigma 2, k-medians at 2 clusters": {
-        "hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "kmeans_n_init": 4},
+        "hierarchy": "independent", "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "kmeans_n_init": 4,
+        **_NO_COH},
     "+ finer levels inside the 2-cluster split": {"hierarchy": "foreground", "foreground": "split",
                                                   "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once",
-                                                  "overcluster": 1, "kmeans_n_init": 4},
+                                                  "overcluster": 1, "kmeans_n_init": 4, **_NO_COH},
     "+ intensity term (weight 6)": {"hierarchy": "foreground", "foreground": "split", "intensity_weight": 6.0,
-                                    "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4},
+                                    "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4,
+                                    **_NO_COH},
     "+ Potts prior (beta 4, mean field)": {"hierarchy": "foreground", "foreground": "split", "intensity_weight": 6.0,
-                                           "potts_beta": 4.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4},
+                                           "potts_beta": 4.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4,
+                                           **_NO_COH},
     "+ intensity mask and FAST's recipe where it agrees with the split (foreground auto) (previous default)": {
-        "overcluster": 1, "kmeans_n_init": 4},
+        "overcluster": 1, "kmeans_n_init": 4, **_NO_COH},
     "+ finer levels over-clustered 2x, interleaved clusters merged (overcluster 2), 4 k-means starts": {
-        "kmeans_n_init": 4},
-    "+ 2 k-means starts instead of 4 = default": {},
+        "kmeans_n_init": 4, **_NO_COH},
+    "+ 2 k-means starts instead of 4 (the default before the coherence channel)": dict(_NO_COH),
+    "+ the structure-tensor coherence in the finer levels' intensity term (coherence_sigma 2) = default": {},
     "default, its masked stage intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
     "default without the intensity term": {"foreground": "split", "intensity_weight": 0.0, "potts_beta": 4.0,
                                            "refine": "once"},
@@ -89,7 +96,8 @@ def _summary(per_run: list[dict[int, list[np.ndarray]]], run_std: bool = True) -
 
 #: segmentation-stage fields a stage may set; the rest come from the run
 STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering",
-                "smooth_sigma", "level_smooth_sigma", "overcluster", "kmeans_n_init", *MASKED_STAGE_FIELDS)
+                "smooth_sigma", "level_smooth_sigma", "overcluster", "kmeans_n_init", "coherence_sigma",
+                *MASKED_STAGE_FIELDS)
 
 
 def stage_config(run_cfg: Config, spec: dict) -> Config:

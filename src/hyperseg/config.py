@@ -225,6 +225,12 @@ class Config:
     # structures do. 1 = off. Other hierarchies and refine "hmrf_em" (the masked stage) do not apply the default
     # and refuse other values. Chosen on the synthetic validation volumes (BENCHMARKS.md)
     overcluster: int = 2
+    # hierarchy "foreground" with refine "once": the finer levels' intensity term also reads the structure-tensor
+    # coherence of the channels (texture.py; this is its integration scale in voxels, 0 = off), standardised over the
+    # foreground: oriented textures (stripes, membranes, fibres) apart from isotropic ones of the same brightness,
+    # which the embedding of a 5^3 patch mixes. Not the 2-cluster level, not the masked stage. Chosen on the synthetic
+    # validation volumes (BENCHMARKS.md, "Structure-tensor coherence")
+    coherence_sigma: float = 2.0
     # Potts prior on the clustering's log-likelihoods (and the intensity term): coupling in nats per
     # disagreeing 6-neighbour, 0 = off (not with tree hierarchies); potts_method: "icm" or "mean_field",
     # potts_iter: its sweeps (regularize.py, potts.py)
@@ -379,6 +385,12 @@ class Config:
              or (self.hierarchy == "foreground" and self.refine == "once"),
              f"overcluster {self.overcluster} merges the finer levels' clusters of hierarchy 'foreground' with refine "
              f"'once', got hierarchy {self.hierarchy!r} and refine {self.refine!r}; set overcluster: 1 or use those")
+        need(self.coherence_sigma >= 0, f"coherence_sigma must be >= 0 (0 = off), got {self.coherence_sigma}")
+        need(self.coherence_sigma in (0, defaults["coherence_sigma"].default)
+             or (self.hierarchy == "foreground" and self.refine == "once"),
+             f"coherence_sigma {self.coherence_sigma} adds a channel to the finer levels of hierarchy 'foreground' "
+             f"with refine 'once', got hierarchy {self.hierarchy!r} and refine {self.refine!r}; set coherence_sigma: 0 "
+             f"or use those")
         need(self.overcluster * (max(self.levels) - 1) < MAX_CLUSTERS,
              f"overcluster {self.overcluster} x (largest level {max(self.levels)} - 1) must stay below "
              f"{MAX_CLUSTERS} clusters; lower overcluster or the levels")
@@ -426,8 +438,9 @@ class Config:
         """This configuration with :attr:`masked_stage` on top and ``foreground: threshold``: the stage
         ``foreground: auto`` runs where it picks the intensity mask."""
         # masked_stage {} in the result: it is applied, and checking it again would recurse; its EM does not
-        # over-cluster (overcluster 1)
-        return dataclasses.replace(self, foreground="threshold", masked_stage={}, overcluster=1, **self.masked_stage)
+        # over-cluster (overcluster 1) and reads the intensities alone (coherence_sigma 0)
+        return dataclasses.replace(self, foreground="threshold", masked_stage={}, overcluster=1, coherence_sigma=0.0,
+                                   **self.masked_stage)
 
     # ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -54,7 +54,9 @@ With the one pass, each finer level of the foreground hierarchy is clustered and
 ``Config.overcluster`` times its clusters (default 2), then the pairs of clusters that interleave most are
 merged back (:mod:`hyperseg.interleave`): k-means cuts a large class that varies inside (the cells'
 cytoplasm) into pieces while smaller classes share a cluster, and those pieces meet along far more
-surface than distinct structures do.
+surface than distinct structures do. Their intensity term also reads one more channel there, the structure-tensor
+coherence of the intensities (:func:`coherence_channel`, :mod:`hyperseg.texture`; ``Config.coherence_sigma``): an
+oriented texture apart from an isotropic one of the same brightness, which the embedding of a 5^3 patch mixes.
 
 With ``Config.hierarchy`` set to ``"divisive"`` or ``"agglomerative"`` the
 levels are cut from one k-means tree instead (:mod:`hyperseg.cluster.hierarchy`): every cluster of a
@@ -80,6 +82,7 @@ from .interleave import merge_interleaved
 from .model import HyperVAE
 from .regularize import class_loglik, foreground_of, hmrf_em, intensity_kmeans, intensity_loglik, potts_labels
 from .smooth import smooth_embedding
+from .texture import coherence
 from .utils import release_memory
 
 #: A Gaussian's full width at half maximum over its standard deviation, ``2 sqrt(2 ln 2)``.
@@ -285,6 +288,20 @@ def split_foreground(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Con
     return foreground_of(level_labels(base, 2, cfg, shape, values, seed=seed, voxel_size=voxel_size), shape)
 
 
+def coherence_channel(values: np.ndarray, shape: tuple[int, int, int], foreground: np.ndarray,
+                      sigma: float) -> np.ndarray:
+    """The structure-tensor coherence of the channels (:func:`hyperseg.texture.coherence`, integration scale
+    ``sigma`` voxels) at the foreground's voxels, standardised over them: ``(M, 1)`` float64.
+
+    ``values`` ``(N, C)``: the normalised channels of the grid ``shape`` (``N = D * H * W``); ``foreground``
+    ``(N,)`` bool with ``M`` voxels set. The finer levels' intensity term reads it as one more channel
+    (``Config.coherence_sigma``).
+    """
+    grid = np.asarray(values, dtype=np.float32).T.reshape((-1,) + tuple(shape))
+    c = coherence(grid, sigma).reshape(-1)[foreground].astype(np.float64)
+    return ((c - c.mean()) / max(float(c.std()), 1e-12))[:, None]
+
+
 def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Config,
                    shape: tuple[int, int, int], seed: int = 0,
                    foreground: np.ndarray | None = None, voxel_size: float = 1.0) -> dict[int, np.ndarray]:
@@ -317,6 +334,8 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
         fg = np.asarray(foreground, dtype=bool).reshape(-1)
     out: dict[int, np.ndarray] = {}
     inner_values, level_cfg, fixed = values[fg], cfg, {}
+    if cfg.coherence_sigma > 0 and cfg.refine == "once" and cfg.intensity_weight > 0 and any(k > 2 for k in ks):
+        inner_values = np.concatenate([inner_values, coherence_channel(values, shape, fg, cfg.coherence_sigma)], 1)
     if cfg.refine == "hmrf_em" and cfg.bias_fwhm > 0 and cfg.bias_classes > 0 and any(k > 2 for k in ks):
         # one bias field, of the tissue classes (Config.bias_classes), held fixed by every level's EM
         finest = max(ks)
