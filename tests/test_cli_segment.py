@@ -466,3 +466,25 @@ def test_overcluster_option_sets_the_field_and_is_checked(run, tmp_path, capsys,
     assert segment(run, src, tmp_path / "i", "--levels", "3", "--hierarchy", "independent") == 0
     assert segment(run, src, tmp_path / "bad", *split, "--overcluster", "3", "--refine", "hmrf_em") == 2
     assert "refine 'once'" in capsys.readouterr().err
+
+
+def test_coherence_sigma_option_sets_the_field_and_is_checked(run, tmp_path, capsys, monkeypatch):
+    import hyperseg.segment as segment_module
+
+    seen = []
+    real = segment_module.coherence_channel
+    monkeypatch.setattr(segment_module, "coherence_channel",
+                        lambda values, shape, fg, sigma: seen.append(sigma) or real(values, shape, fg, sigma))
+    src = tmp_path / "a.npy"
+    np.save(src, blob((12, 10, 8), 6))
+    split = ("--foreground", "split", "--levels", "2", "3")
+    assert segment(run, src, tmp_path / "c", *split, "--coherence-sigma", "1.5") == 0
+    assert seen == [1.5]  # the option reaches the finer level (3), once
+    seen.clear()
+    assert segment(run, src, tmp_path / "off", *split, "--coherence-sigma", "0") == 0
+    assert seen == []
+    # independent levels read no coherence: the run's channel is dropped, not refused
+    assert segment(run, src, tmp_path / "i", "--levels", "3", "--hierarchy", "independent") == 0
+    assert segment(run, src, tmp_path / "bad", *split, "--coherence-sigma", "3", "--refine", "hmrf_em") == 2
+    assert "coherence_sigma" in capsys.readouterr().err
+    assert segment(run, src, tmp_path / "neg", *split, "--coherence-sigma", "-1") == 2

@@ -70,7 +70,7 @@ OPTION_FIELDS = {"levels": "levels", "patch_edge": "embed_patch_edge", "hierarch
                  "level_clustering": "level_clustering", "intensity_weight": "intensity_weight",
                  "potts_beta": "potts_beta", "potts_method": "potts_method", "refine": "refine",
                  "embedding_weight": "embedding_weight", "foreground": "foreground", "embed_dtype": "embed_dtype",
-                 "overcluster": "overcluster"}
+                 "overcluster": "overcluster", "coherence_sigma": "coherence_sigma"}
 
 
 def _level_value(kind: str, example: str, convert):
@@ -148,6 +148,11 @@ def add_parser(sub) -> None:
                    help="cluster each finer level of the foreground hierarchy into N times its clusters, then merge "
                         "the most interleaved pairs back (1 = off; default: the configuration's, 2 for new runs; "
                         "not with --refine hmrf_em or the masked stage)")
+    p.add_argument("--coherence-sigma", type=float, metavar="SIGMA",
+                   help="the finer levels' intensity term also reads the structure-tensor coherence of the "
+                        "intensities at this integration scale in voxels (oriented against isotropic textures; "
+                        "0 = off; default: the configuration's, 2 for new runs; foreground hierarchy with "
+                        "--refine once only)")
     p.add_argument("--embedding-weight", type=float, metavar="W",
                    help="weight of the embedding in --refine hmrf_em (0 = intensities only)")
     p.add_argument("--output-format", type=_format_name, choices=OUTPUT_FORMAT_CHOICES, metavar="FORMAT",
@@ -204,7 +209,7 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
     if args.smooth is not None:
         changes["smooth_sigma"] = args.smooth
     for option in ("intensity_weight", "potts_beta", "potts_method", "refine", "embedding_weight", "foreground",
-                   "embed_dtype", "overcluster"):
+                   "embed_dtype", "overcluster", "coherence_sigma"):
         if getattr(args, option, None) is not None:
             changes[option] = getattr(args, option)
     if changes.get("hierarchy") in TREE_HIERARCHIES:
@@ -214,6 +219,7 @@ def segment_config(cfg: Config, args: argparse.Namespace) -> Config:
         changes.setdefault("refine", "once")
     if changes.get("hierarchy", "foreground") != "foreground" or changes.get("refine", "once") != "once":
         changes.setdefault("overcluster", 1)  # nothing to merge: the run's over-clustering is dropped unless asked
+        changes.setdefault("coherence_sigma", 0.0)  # and the finer levels' coherence channel with it
     if args.level_smooth:
         changes["level_smooth_sigma"] = {**cfg.level_smooth_sigma, **dict(args.level_smooth)}
     if args.level_clustering:
