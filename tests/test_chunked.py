@@ -256,7 +256,9 @@ def test_python_api_predict_zarr(model, tmp_path):
 def test_settings_the_chunked_stage_cannot_run_are_refused():
     with pytest.raises(ValueError, match="refine 'hmrf_em'.*potts_method 'icm'.*--in-memory"):
         chunked.check_config(Config(refine="hmrf_em", potts_method="icm"))
-    assert chunked.check_config(Config()).foreground == "split"  # auto: the split, the mask needs a component
+    checked = chunked.check_config(Config())
+    assert checked.foreground == "split"  # auto: the split, the mask needs a component
+    assert checked.overcluster == 1 and checked.coherence_sigma == 0.0  # both read the whole volume
 
 
 # ----------------------------------------------------------------------------- a cluster on loopback
