@@ -178,3 +178,14 @@ def test_coherence_sigma_is_validated():
     with pytest.raises(ValueError, match="coherence_sigma 3.0 adds a channel"):
         Config(coherence_sigma=3.0, hierarchy="independent")
     Config(coherence_sigma=0.0, hierarchy="independent")  # off: any hierarchy
+
+
+def test_an_empty_foreground_is_refused_as_before_not_warned_about():
+    """The coherence channel is not standardised over no voxels (a mean of an empty slice): the finer level
+    refuses the empty foreground with its own message."""
+    n = 8
+    vol = _granules(n)
+    cfg = Config()
+    with pytest.raises(ValueError, match="fewer than the 3 clusters"):
+        refined_levels({4: np.zeros((n ** 3, 2))}, vol.reshape(-1, 1), cfg, (n, n, n),
+                       foreground=np.zeros(n ** 3, dtype=bool))

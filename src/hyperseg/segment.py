@@ -322,7 +322,8 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
     voxel edge in mm (the bias field's width, ``Config.bias_fwhm``). With ``refine: hmrf_em``, ``bias_fwhm > 0``
     and ``bias_classes > 0`` the field is fitted once (:func:`tissue_bias_field`, on the finest level's field),
     subtracted from the foreground's intensities and held fixed by every level's EM; the level of
-    ``bias_classes + 1`` labels takes that EM's labels.
+    ``bias_classes + 1`` labels takes that EM's labels. With ``refine: once``, ``intensity_weight > 0`` and
+    ``cfg.coherence_sigma > 0`` the finer levels' intensities gain one column, :func:`coherence_channel`.
     """
     ks = list(fields)
     N = int(np.prod(shape))
@@ -334,7 +335,8 @@ def refined_levels(fields: dict[int, np.ndarray], values: np.ndarray, cfg: Confi
         fg = np.asarray(foreground, dtype=bool).reshape(-1)
     out: dict[int, np.ndarray] = {}
     inner_values, level_cfg, fixed = values[fg], cfg, {}
-    if cfg.coherence_sigma > 0 and cfg.refine == "once" and cfg.intensity_weight > 0 and any(k > 2 for k in ks):
+    if (cfg.coherence_sigma > 0 and cfg.refine == "once" and cfg.intensity_weight > 0 and any(k > 2 for k in ks)
+            and fg.any()):
         inner_values = np.concatenate([inner_values, coherence_channel(values, shape, fg, cfg.coherence_sigma)], 1)
     if cfg.refine == "hmrf_em" and cfg.bias_fwhm > 0 and cfg.bias_classes > 0 and any(k > 2 for k in ks):
         # one bias field, of the tissue classes (Config.bias_classes), held fixed by every level's EM
