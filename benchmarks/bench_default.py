@@ -41,9 +41,9 @@ from hyperseg.segment import segment_embedding
 LEVELS = {1: 2, 2: 4, 3: 6}  # truth level -> clusters
 PAPER_STAGE = {"hierarchy": "independent", "clustering": "kmeans", "level_clustering": {}, "smooth_sigma": 0.0,
                "intensity_weight": 0.0, "potts_beta": 0.0, "refine": "once", "overcluster": 1, "kmeans_n_init": 4,
-               "coherence_sigma": 0.0}
-#: the stages before the coherence channel (coherence_sigma 0)
-_NO_COH = {"coherence_sigma": 0.0}
+               "coherence_sigma": 0.0, "refine_passes": 1}
+#: the stages before the coherence channel and the repeated refinement (coherence_sigma 0, refine_passes 1)
+_NO_COH = {"coherence_sigma": 0.0, "refine_passes": 1}
 #: name -> Config fields on top of the run's (``"preset"``: a shipped preset's fields first)
 STAGES: dict[str, dict] = {
     "paper segmentation stage (k-means per level, no smoothing)": PAPER_STAGE,
@@ -64,7 +64,9 @@ STAGES: dict[str, dict] = {
     "+ finer levels over-clustered 2x, interleaved clusters merged (overcluster 2), 4 k-means starts": {
         "kmeans_n_init": 4, **_NO_COH},
     "+ 2 k-means starts instead of 4 (the default before the coherence channel)": dict(_NO_COH),
-    "+ the structure-tensor coherence in the finer levels' intensity term (coherence_sigma 2) = default": {},
+    "+ the structure-tensor coherence in the finer levels' intensity term (coherence_sigma 2)": {"refine_passes": 1},
+    "+ three refinement passes (refine_passes 3) = default": {},
+    "default without the coherence channel (three passes)": {"coherence_sigma": 0.0},
     "default, its masked stage intensity only": {"masked_stage": {**Config().masked_stage, "embedding_weight": 0.0}},
     "default without the intensity term": {"foreground": "split", "intensity_weight": 0.0, "potts_beta": 4.0,
                                            "refine": "once"},
@@ -97,7 +99,7 @@ def _summary(per_run: list[dict[int, list[np.ndarray]]], run_std: bool = True) -
 #: segmentation-stage fields a stage may set; the rest come from the run
 STAGE_FIELDS = ("hierarchy", "foreground", "foreground_agreement", "masked_stage", "clustering", "level_clustering",
                 "smooth_sigma", "level_smooth_sigma", "overcluster", "kmeans_n_init", "coherence_sigma",
-                *MASKED_STAGE_FIELDS)
+                "refine_passes", *MASKED_STAGE_FIELDS)
 
 
 def stage_config(run_cfg: Config, spec: dict) -> Config:

@@ -259,6 +259,7 @@ def test_settings_the_chunked_stage_cannot_run_are_refused():
     checked = chunked.check_config(Config())
     assert checked.foreground == "split"  # auto: the split, the mask needs a component
     assert checked.overcluster == 1 and checked.coherence_sigma == 0.0  # both read the whole volume
+    assert checked.refine_passes == 1  # the chunked stage refines once
 
 
 # ----------------------------------------------------------------------------- a cluster on loopback

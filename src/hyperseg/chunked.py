@@ -60,7 +60,8 @@ convolutions over blocks of other sizes, which the tests have not seen flip a la
 What the chunked stage does not do (it refuses, or says what it does instead):
 it clusters each finer level into its own number of clusters (``overcluster: 1``): merging interleaved
 clusters (:mod:`hyperseg.interleave`) reads the interface areas of the whole level; its intensity term reads the
-intensities alone (``coherence_sigma: 0``, :mod:`hyperseg.texture` is not run chunk by chunk);
+intensities alone (``coherence_sigma: 0``, :mod:`hyperseg.texture` is not run chunk by chunk), in one pass
+(``refine_passes: 1``);
 ``foreground: auto`` (the default) uses the 2-cluster split, i.e. ``split``: the
 intensity mask of ``auto`` and ``threshold`` (:func:`hyperseg.data.masks.auto_mask`)
 and FAST's masked stage it leads to are not run chunk by chunk, and ``threshold`` is
@@ -227,7 +228,7 @@ def check_config(cfg: Config) -> Config:
         raise ValueError("chunked segmentation cannot run " + "; ".join(bad) + "; change these settings, or "
                          "segment in memory (--in-memory) if the volume fits")
     # merging needs the whole level's interface areas; the coherence channel is not computed chunk by chunk
-    cfg = cfg.replace(overcluster=1, coherence_sigma=0.0)
+    cfg = cfg.replace(overcluster=1, coherence_sigma=0.0, refine_passes=1)
     return cfg.replace(foreground="split") if cfg.foreground == "auto" else cfg
 
 

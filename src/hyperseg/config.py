@@ -231,6 +231,11 @@ class Config:
     # which the embedding of a 5^3 patch mixes. Not the 2-cluster level, not the masked stage. Chosen on the synthetic
     # validation volumes (BENCHMARKS.md, "Structure-tensor coherence")
     coherence_sigma: float = 2.0
+    # refine "once": passes of the refinement, each refitting the clusters' intensity Gaussians (and the clustering's
+    # per-cluster spread) on the previous pass's labels before the Potts prior, so that a channel the clustering did
+    # not see (the coherence) can move voxels between clusters; 1 = one pass. Chosen on the synthetic validation
+    # volumes with the coherence channel (BENCHMARKS.md, "Structure-tensor coherence")
+    refine_passes: int = 3
     # Potts prior on the clustering's log-likelihoods (and the intensity term): coupling in nats per
     # disagreeing 6-neighbour, 0 = off (not with tree hierarchies); potts_method: "icm" or "mean_field",
     # potts_iter: its sweeps (regularize.py, potts.py)
@@ -385,6 +390,8 @@ class Config:
              or (self.hierarchy == "foreground" and self.refine == "once"),
              f"overcluster {self.overcluster} merges the finer levels' clusters of hierarchy 'foreground' with refine "
              f"'once', got hierarchy {self.hierarchy!r} and refine {self.refine!r}; set overcluster: 1 or use those")
+        need(isinstance(self.refine_passes, int) and self.refine_passes >= 1,
+             f"refine_passes must be an integer >= 1, got {self.refine_passes!r}")
         need(self.coherence_sigma >= 0, f"coherence_sigma must be >= 0 (0 = off), got {self.coherence_sigma}")
         need(self.coherence_sigma in (0, defaults["coherence_sigma"].default)
              or (self.hierarchy == "foreground" and self.refine == "once"),

@@ -204,7 +204,8 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
     couples. ``cfg.refine == "once"``:
     ``L = class_loglik(points) + cfg.intensity_weight * intensity_loglik(intensities)`` ``(M, K)``, then
     :func:`~hyperseg.regularize.potts_labels` with ``cfg.potts_beta``, or ``argmax_k L`` when ``potts_beta``
-    is 0; both off: ``fit.labels`` unchanged. ``cfg.refine == "hmrf_em"``:
+    is 0; both off: ``fit.labels`` unchanged. ``cfg.refine_passes`` passes, each with the per-cluster terms of
+    ``L`` fitted on the previous pass's labels (the first on ``fit.labels``). ``cfg.refine == "hmrf_em"``:
     :func:`~hyperseg.regularize.hmrf_em` from ``fit.labels`` (``cfg.refine_init == "clusters"``) or from
     :func:`~hyperseg.regularize.intensity_kmeans` of the intensities (``"intensity"``), with the bias field of
     ``cfg.bias_fwhm`` mm and the embedding weight of :func:`hmrf_embedding_weight` on a grid of ``voxel_size`` mm
@@ -217,16 +218,21 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
         return _hmrf(points, intensities, fit.labels, K, cfg, shape, mask, voxel_size)
     if cfg.potts_beta == 0 and cfg.intensity_weight == 0:
         return fit.labels
-    L = class_loglik(points, fit.labels, fit.centres, fit.method, latent=cfg.latent, c=cfg.c,
-                     estimator=fit.estimator, order=fit.order)
-    if cfg.intensity_weight > 0:
-        if intensities is None:
-            raise ValueError("segment: intensity_weight > 0 needs the voxels' intensities; pass intensities=")
-        L = L + cfg.intensity_weight * intensity_loglik(intensities, fit.labels, K)
-    if cfg.potts_beta == 0:
-        return L.argmax(1).astype(np.int64)
-    return potts_labels(L, fit.labels, shape, cfg.potts_beta, method=cfg.potts_method, n_iter=cfg.potts_iter,
-                        mask=mask)
+    if cfg.intensity_weight > 0 and intensities is None:
+        raise ValueError("segment: intensity_weight > 0 needs the voxels' intensities; pass intensities=")
+    labels = fit.labels
+    for _ in range(cfg.refine_passes):  # each pass refits the per-cluster terms on the last pass's labels
+        L = class_loglik(points, labels, fit.centres, fit.method, latent=cfg.latent, c=cfg.c,
+                         estimator=fit.estimator, order=fit.order)
+        if cfg.intensity_weight > 0:
+            L = L + cfg.intensity_weight * intensity_loglik(intensities, labels, K)
+        if cfg.potts_beta == 0:
+            labels = L.argmax(1).astype(np.int64)
+        else:
+            labels = potts_labels(L, labels, shape, cfg.potts_beta, method=cfg.potts_method, n_iter=cfg.potts_iter,
+                                  mask=mask)
+        del L
+    return labels
 
 
 def _hmrf_from_intensity(points: np.ndarray, intensities: np.ndarray | None, n_clusters: int, cfg: Config,
