@@ -229,3 +229,22 @@ def test_a_pass_is_the_one_pass_refinement_from_the_last_pass_labels():
 def test_refine_passes_is_validated():
     with pytest.raises(ValueError, match="refine_passes must be an integer >= 1"):
         Config(refine_passes=0)
+
+
+def test_the_passes_stop_at_a_fixed_point(monkeypatch):
+    """Two clean regions and an embedding that tells them apart: the first pass keeps the clustering's labels,
+    so no second pass is run (it would fit the same terms and return the same labels)."""
+    import hyperseg.segment as S
+
+    n = 12
+    vol, truth, _ = _two_textures(n)
+    emb = np.zeros((n ** 3, 2))
+    emb[:, 0] = 0.5 * truth.reshape(-1)
+    calls = []
+    real = S.potts_labels
+    monkeypatch.setattr(S, "potts_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = Config(refine_passes=3)
+    fit = S.fit_level(emb, 2, cfg)
+    labels = S.regularise_level(emb, fit, cfg, (n, n, n), vol.reshape(-1, 1))
+    assert len(calls) == 1
+    assert dice_iou(labels.reshape(n, n, n), truth, n_classes=2)["mean_dice"] == 1.0

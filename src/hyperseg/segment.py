@@ -227,11 +227,16 @@ def regularise_level(points: np.ndarray, fit: LevelFit, cfg: Config, shape: tupl
         if cfg.intensity_weight > 0:
             L = L + cfg.intensity_weight * intensity_loglik(intensities, labels, K)
         if cfg.potts_beta == 0:
-            labels = L.argmax(1).astype(np.int64)
+            new = L.argmax(1).astype(np.int64)
         else:
-            labels = potts_labels(L, labels, shape, cfg.potts_beta, method=cfg.potts_method, n_iter=cfg.potts_iter,
-                                  mask=mask)
+            new = potts_labels(L, labels, shape, cfg.potts_beta, method=cfg.potts_method, n_iter=cfg.potts_iter,
+                               mask=mask)
         del L
+        # a pass that moved no voxel is a fixed point: every later pass would fit and return the same labels
+        done = np.array_equal(new, labels)
+        labels = new
+        if done:
+            break
     return labels
 
 
